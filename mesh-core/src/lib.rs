@@ -1,0 +1,15 @@
+//! Shared core of Ambit: everything more than one binary needs. SPIFFE
+//! identities, certificates and the rustls configurations of HBONE, the HBONE
+//! client pool and server, the metrics registry, the small admin HTTP server,
+//! readiness tokens and the drain protocol. No binary-specific decisions
+//! (routing, policy, translation) live here.
+
+pub mod admin;
+pub mod drain;
+pub mod hbone;
+pub mod identity;
+pub mod readiness;
+pub mod telemetry;
+pub mod tls;
+
+pub use identity::Identity;
