@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 pub use client::{ClientSettings, ConnectRequest, Dialer, PlainDialer, Pool, PoolKey};
 pub use copy::{End, Transfer, Tunnel, splice};
-pub use server::{Handler, InboundRequest, Peer, ServerSettings, serve_connection};
+pub use server::{Handler, InboundRequest, Peer, ServerSettings, serve_connection, serve_h2};
 
 /// The HBONE port.
 pub const PORT: u16 = 15008;

@@ -121,11 +121,29 @@ pub async fn serve_connection<H: Handler>(
     if conn.alpn_protocol() != Some(crate::tls::ALPN_H2) {
         return Err(HboneError::Alpn(addr));
     }
-    let peer = Arc::new(Peer {
+    let peer = Peer {
         addr,
         local,
         identity: crate::tls::peer_identity(conn.peer_certificates()),
-    });
+    };
+    serve_h2(tls, peer, settings, handler, drain).await
+}
+
+/// Serves HTTP/2 CONNECT requests over an established (authenticated) stream.
+/// Separate from TLS so the request handling can be exercised directly.
+pub async fn serve_h2<IO, H>(
+    io: IO,
+    peer: Peer,
+    settings: &ServerSettings,
+    handler: Arc<H>,
+    drain: DrainWatcher,
+) -> Result<(), HboneError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let addr = peer.addr;
+    let peer = Arc::new(peer);
     let mut h2 = h2::server::Builder::new()
         .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
@@ -133,7 +151,7 @@ pub async fn serve_connection<H: Handler>(
         .max_header_list_size(settings.max_header_list_size)
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_send_buffer_size(settings.max_send_buffer)
-        .handshake::<_, Bytes>(tls)
+        .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| HboneError::H2Handshake { addr, source: e })?;
     let mut draining = false;
@@ -174,7 +192,7 @@ pub async fn serve_connection<H: Handler>(
 fn check_request<H: Handler>(
     req: Request<h2::RecvStream>,
     mut respond: SendResponse<Bytes>,
-    peer: &Peer,
+    peer: &Arc<Peer>,
     handler: &H,
 ) -> Option<InboundRequest> {
     let refuse = |respond: &mut SendResponse<Bytes>, status| {
@@ -202,7 +220,7 @@ fn check_request<H: Handler>(
     Some(InboundRequest {
         authority,
         headers: parts.headers,
-        peer: Arc::new(peer.clone()),
+        peer: peer.clone(),
         respond,
         recv,
     })

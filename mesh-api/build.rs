@@ -1,0 +1,35 @@
+//! Compiles `proto/**/*.proto` with protox (pure Rust, no system `protoc`) and
+//! generates message types with prost-build. Services are left in the .proto
+//! files but no service code is generated.
+
+use std::path::{Path, PathBuf};
+
+const PROTO_DIR: &str = "proto";
+
+const PROTOS: &[&str] = &[
+    "envoy/config/core/v3/base.proto",
+    "envoy/service/discovery/v3/delta.proto",
+    "google/rpc/status.proto",
+    "istio/workload/workload.proto",
+    "istio/security/authorization.proto",
+    "istio/ca/ca.proto",
+    "istio/zds/zds.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed={PROTO_DIR}");
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={PROTO_DIR}/{proto}");
+    }
+
+    let files: Vec<PathBuf> = PROTOS
+        .iter()
+        .map(|p| Path::new(PROTO_DIR).join(p))
+        .collect();
+    // Well-known types (google/protobuf/*.proto) are built into protox.
+    let fds = protox::compile(&files, [PROTO_DIR])?;
+
+    // prost-build maps `.google.protobuf` to `::prost_types` by default.
+    prost_build::Config::new().compile_fds(fds)?;
+    Ok(())
+}
