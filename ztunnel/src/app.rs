@@ -1,0 +1,335 @@
+//! Wires ztunnel together: certificates, state, listeners, admin. `build`
+//! binds every port (or fails naming the one it could not bind) and returns
+//! the addresses and a shutdown handle, so tests run the same code in-process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_core::drain::{self, DrainOutcome, DrainTrigger, DrainWatcher};
+use mesh_core::hbone::{self, ClientSettings, Pool};
+use mesh_core::readiness::Readiness;
+use mesh_core::telemetry::LogControl;
+use mesh_core::tls::{
+    self, CertStore, CertificateAuthority, CertificateSource, LocalCa, StaticCertificates,
+    TrustBundle,
+};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::{self, Proxy, inbound::Inbound};
+use crate::state::{State, StateError, StateStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificates: {0}")]
+    Certificates(#[from] tls::TlsError),
+    #[error("cannot bind the {listener} listener on {addr}: {source}")]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    State(#[from] StateError),
+    #[error("proxy.workload {0}: no workload with that namespace and name in the config")]
+    UnknownLocalWorkload(String),
+}
+
+/// The bound addresses (ports resolved when the config asked for port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub inbound_plaintext: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub readiness: SocketAddr,
+}
+
+/// Asks the app to shut down (SIGTERM, `/quitquitquit`, tests).
+#[derive(Debug, Clone)]
+pub struct Shutdown(Arc<watch::Sender<bool>>);
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+#[derive(Debug)]
+pub struct App {
+    pub addresses: Addresses,
+    pub metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    trigger: DrainTrigger,
+    deadline: Duration,
+}
+
+async fn read(path: &PathBuf) -> Result<Vec<u8>, AppError> {
+    tokio::fs::read(path).await.map_err(|e| AppError::Read {
+        path: path.clone(),
+        source: e,
+    })
+}
+
+async fn certificate_source(
+    config: &Config,
+) -> Result<(Arc<dyn CertificateSource>, Vec<u8>), AppError> {
+    let c = &config.proxy.certificates;
+    let mut roots = Vec::new();
+    for r in &c.roots {
+        roots.extend(read(r).await?);
+        roots.push(b'\n');
+    }
+    if let Some(ca) = &c.ca {
+        let cert = String::from_utf8_lossy(&read(&ca.cert).await?).into_owned();
+        let key = String::from_utf8_lossy(&read(&ca.key).await?).into_owned();
+        let ca_obj = CertificateAuthority::from_pem(&cert, &key)?;
+        roots.extend(ca_obj.root_pem().as_bytes());
+        return Ok((
+            Arc::new(LocalCa {
+                ca: ca_obj,
+                ttl: ca.ttl.0,
+            }),
+            roots,
+        ));
+    }
+    let mut files = StaticCertificates::default();
+    for f in &c.files {
+        let root = read(&f.roots).await?;
+        roots.extend(&root);
+        roots.push(b'\n');
+        files.insert_pem(read(&f.cert).await?, read(&f.key).await?, root)?;
+    }
+    Ok((Arc::new(files), roots))
+}
+
+impl App {
+    pub async fn build(config: Config, log: LogControl) -> Result<App, AppError> {
+        let deadline = config.drain_deadline();
+        let (source, roots_pem) = certificate_source(&config).await?;
+        let roots = Arc::new(TrustBundle::new(tls::parse_certs(
+            &roots_pem,
+            "trust roots",
+        )?)?);
+        let certs = CertStore::new(source, roots);
+        let state = Arc::new(StateStore::new(State::from_config(&config)?));
+        let local_ref = config.proxy.workload.clone();
+        let local = state
+            .load()
+            .workload_named(&local_ref.namespace, &local_ref.name)
+            .cloned()
+            .ok_or_else(|| {
+                AppError::UnknownLocalWorkload(format!(
+                    "{}/{}",
+                    local_ref.namespace, local_ref.name
+                ))
+            })?;
+
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let registry = Arc::new(registry);
+        let readiness = Readiness::new();
+        let cert_ready = readiness.register("workload certificate");
+
+        let l = &config.proxy.listeners;
+        let outbound = bind("outbound", l.outbound).await?;
+        let inbound = bind("inbound HBONE", l.inbound).await?;
+        let plaintext = bind("inbound plaintext", l.inbound_plaintext).await?;
+        let admin_l = bind("admin", l.admin).await?;
+        let metrics_l = bind("metrics", l.metrics).await?;
+        let ready_l = bind("readiness", l.readiness).await?;
+        let addr = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
+        let addresses = Addresses {
+            outbound: addr(&outbound),
+            inbound: addr(&inbound),
+            inbound_plaintext: addr(&plaintext),
+            admin: addr(&admin_l),
+            metrics: addr(&metrics_l),
+            readiness: addr(&ready_l),
+        };
+
+        certs.prefetch(&local.identity).await?;
+        drop(cert_ready);
+        // Start renewal for the prefetched certificate.
+        certs.get(&local.identity).await?;
+
+        let (trigger, watcher) = drain::channel();
+        let shutdown = Shutdown(Arc::new(watch::channel(false).0));
+        let pool = Pool::new(
+            certs.clone(),
+            Arc::new(crate::capture::MarkedDialer {
+                mark: config.proxy.packet_mark,
+                timeout: config.proxy.connect_timeout.0,
+            }),
+            ClientSettings {
+                connect_timeout: config.proxy.connect_timeout.0,
+                ..Default::default()
+            },
+        );
+        let proxy = Arc::new(Proxy {
+            state: state.clone(),
+            certs: certs.clone(),
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            local: local_ref,
+            mark: config.proxy.packet_mark,
+            connect_timeout: config.proxy.connect_timeout.0,
+        });
+
+        let p = proxy.clone();
+        tokio::spawn(proxy::accept_loop(
+            "outbound",
+            outbound,
+            watcher.clone(),
+            move |s, peer, w| proxy::outbound::handle(p.clone(), s, peer, w),
+        ));
+        let p = proxy.clone();
+        tokio::spawn(proxy::accept_loop(
+            "inbound plaintext",
+            plaintext,
+            watcher.clone(),
+            move |s, peer, w| proxy::plaintext::handle(p.clone(), s, peer, w),
+        ));
+        spawn_hbone(
+            inbound,
+            proxy.clone(),
+            local.identity.clone(),
+            watcher.clone(),
+        );
+
+        let admin_state = Arc::new(AdminState {
+            config,
+            state,
+            certs,
+            log,
+            shutdown: shutdown.clone(),
+        });
+        tokio::spawn(mesh_core::admin::serve(
+            admin_l,
+            admin::admin_router(admin_state),
+            watcher.clone(),
+        ));
+        tokio::spawn(mesh_core::admin::serve(
+            metrics_l,
+            admin::metrics_router(registry),
+            watcher.clone(),
+        ));
+        tokio::spawn(mesh_core::admin::serve(
+            ready_l,
+            admin::readiness_router(readiness),
+            watcher.clone(),
+        ));
+        tokio::spawn(sweep(pool, watcher));
+
+        Ok(App {
+            addresses,
+            metrics,
+            shutdown,
+            trigger,
+            deadline,
+        })
+    }
+
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Serves until shutdown is asked for, then drains within the deadline.
+    pub async fn run(self) -> DrainOutcome {
+        let mut rx = self.shutdown.0.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+        tracing::info!(deadline = ?self.deadline, "shutting down: draining connections");
+        let outcome = self.trigger.drain(self.deadline).await;
+        tracing::info!(?outcome, "drained");
+        outcome
+    }
+}
+
+async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| AppError::Bind {
+        listener,
+        addr,
+        source: e,
+    })?;
+    let _ = socket.set_reuseaddr(true);
+    socket.bind(addr).map_err(|e| AppError::Bind {
+        listener,
+        addr,
+        source: e,
+    })?;
+    socket.listen(1024).map_err(|e| AppError::Bind {
+        listener,
+        addr,
+        source: e,
+    })
+}
+
+fn spawn_hbone(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    local: mesh_core::Identity,
+    watcher: DrainWatcher,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(proxy.certs.clone(), local));
+    let handler = Arc::new(Inbound {
+        proxy: proxy.clone(),
+        drain: watcher.clone(),
+    });
+    let settings = Arc::new(hbone::ServerSettings::default());
+    tokio::spawn(proxy::accept_loop(
+        "inbound HBONE",
+        listener,
+        watcher,
+        move |tcp, peer, w| {
+            let (acceptor, handler, settings, metrics) = (
+                acceptor.clone(),
+                handler.clone(),
+                settings.clone(),
+                proxy.metrics.clone(),
+            );
+            async move {
+                if let Err(error) =
+                    hbone::serve_connection(tcp, acceptor, &settings, handler, w).await
+                {
+                    let reason = match &error {
+                        hbone::HboneError::Tls { .. } | hbone::HboneError::HandshakeTimeout(_) => {
+                            "tls"
+                        }
+                        hbone::HboneError::Alpn(_) => "alpn",
+                        hbone::HboneError::H2Handshake { .. } => "http2",
+                        _ => "other",
+                    };
+                    Metrics::count_reason(&metrics.handshake_failures, reason);
+                    tracing::info!(%peer, %error, "inbound HBONE connection refused");
+                }
+            }
+        },
+    ));
+}
+
+async fn sweep(pool: Arc<Pool>, drain: DrainWatcher) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => pool.sweep(),
+            _ = drain.draining() => return,
+        }
+    }
+}

@@ -1,0 +1,182 @@
+use super::*;
+
+const MINIMAL: &str = "
+proxy:
+  workload: default/server
+  certificates:
+    ca: {cert: root.pem, key: root.key}
+workloads:
+- name: server
+  namespace: default
+  serviceAccount: server
+  addresses: [10.0.0.2, 'fd00::2']
+  services:
+    default/echo.default.svc.cluster.local:
+    - {servicePort: 80, targetPort: 9000}
+services:
+- name: echo
+  namespace: default
+  addresses: [10.96.0.1]
+  ports: [{servicePort: 80, targetPort: 9000}]
+authorizationPolicies:
+- name: deny-probe
+  namespace: default
+  action: DENY
+  rules:
+  - clauses:
+    - matches:
+      - principals: ['cluster.local/ns/default/sa/probe', {prefix: 'cluster.local/ns/test/'}]
+        sourceIps: [10.0.0.0/8, 192.168.1.1]
+        destinationPorts: [9000]
+";
+
+#[test]
+fn parses_a_full_file_and_fills_defaults() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.proxy.workload.namespace, "default");
+    assert_eq!(c.workloads[0].uid, "Kubernetes//Pod/default/server");
+    assert_eq!(c.services[0].hostname, "echo.default.svc.cluster.local");
+    assert_eq!(c.proxy.packet_mark, Some(0x539));
+    assert_eq!(c.drain_deadline(), Duration::from_secs(5));
+    assert_eq!(c.proxy.listeners.inbound.port(), 15008);
+    let m = &c.authorization_policies[0].rules[0].clauses[0].matches[0];
+    assert_eq!(
+        m.principals[0],
+        StringMatch::Exact("cluster.local/ns/default/sa/probe".into())
+    );
+    assert_eq!(
+        m.principals[1],
+        StringMatch::Prefix("cluster.local/ns/test/".into())
+    );
+    assert_eq!(m.source_ips[1].0.to_string(), "192.168.1.1/32");
+}
+
+/// Each bad input names the field (path) and, where YAML can tell, the line.
+#[test]
+fn errors_name_the_field_and_line() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "bad ip",
+            "addresses: [10.0.0.2, 'fd00::2']",
+            &["workloads[0].addresses[0]", "line 10"],
+        ),
+        (
+            "unknown field",
+            "serviceAccount: server",
+            &["unknown field `serviceAcount`", "line 9"],
+        ),
+        (
+            "bad cidr",
+            "sourceIps: [10.0.0.0/8, 192.168.1.1]",
+            &["sourceIps", "not an IP address or CIDR", "line 27"],
+        ),
+        (
+            "bad enum",
+            "action: DENY",
+            &["authorizationPolicies[0].action", "unknown variant `DENNY`"],
+        ),
+        (
+            "bad workload ref",
+            "workload: default/server",
+            &[
+                "proxy: workload \"server\" is not <namespace>/<name>",
+                "line 3",
+            ],
+        ),
+        (
+            "bad duration",
+            "ca: {cert: root.pem, key: root.key}",
+            &[
+                "proxy.certificates.ca: duration \"3 weeks\": unknown unit",
+                "line 5",
+            ],
+        ),
+        (
+            "bad port",
+            "servicePort: 80, targetPort: 9000}]\nauthorizationPolicies",
+            &["services[0].ports[0].servicePort", "line 18"],
+        ),
+        (
+            "bad string match",
+            "{prefix: 'cluster.local/ns/test/'}",
+            &["exactly one of exact, prefix, suffix, presence"],
+        ),
+    ];
+    let replacements: &[(&str, &str)] = &[
+        (
+            "addresses: [10.0.0.2, 'fd00::2']",
+            "addresses: [10.0.0.300, 'fd00::2']",
+        ),
+        ("serviceAccount: server", "serviceAcount: server"),
+        (
+            "sourceIps: [10.0.0.0/8, 192.168.1.1]",
+            "sourceIps: [10.0.0.0/8, 192.168.1]",
+        ),
+        ("action: DENY", "action: DENNY"),
+        ("workload: default/server", "workload: server"),
+        (
+            "ca: {cert: root.pem, key: root.key}",
+            "ca: {cert: root.pem, key: root.key, ttl: 3 weeks}",
+        ),
+        (
+            "servicePort: 80, targetPort: 9000}]\nauthorizationPolicies",
+            "servicePort: 80000, targetPort: 9000}]\nauthorizationPolicies",
+        ),
+        (
+            "{prefix: 'cluster.local/ns/test/'}",
+            "{prefix: 'a', exact: 'b'}",
+        ),
+    ];
+    for ((what, _, wants), (from, to)) in cases.iter().zip(replacements) {
+        assert!(MINIMAL.contains(from), "{what}: fixture lacks {from:?}");
+        let text = MINIMAL.replacen(from, to, 1);
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(!err.starts_with(':'), "{what}: {err:?}");
+        for want in *wants {
+            assert!(err.contains(want), "{what}: {err:?} lacks {want:?}");
+        }
+    }
+}
+
+#[test]
+fn semantic_errors_name_the_field() {
+    let dup = MINIMAL.replace(
+        "services:\n- name: echo",
+        "- name: server\n  namespace: default\n  addresses: [10.0.0.3]\nservices:\n- name: echo",
+    );
+    let err = Config::parse(&dup).unwrap_err().to_string();
+    assert!(
+        err.contains("workloads[1].uid") && err.contains("used by another workload"),
+        "{err}"
+    );
+
+    let bad_sa = MINIMAL.replace("serviceAccount: server", "serviceAccount: 'a/b'");
+    let err = Config::parse(&bad_sa).unwrap_err().to_string();
+    assert!(err.contains("workloads[0].serviceAccount"), "{err}");
+
+    let no_certs = MINIMAL.replace(
+        "    ca: {cert: root.pem, key: root.key}\n",
+        "    roots: []\n",
+    );
+    let err = Config::parse(&no_certs).unwrap_err().to_string();
+    assert!(err.contains("proxy.certificates"), "{err}");
+}
+
+#[test]
+fn load_resolves_paths_from_the_file_directory_and_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ztunnel.yaml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(
+        c.proxy.certificates.ca.unwrap().cert,
+        dir.path().join("root.pem")
+    );
+    std::fs::write(&path, "proxy: [").unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("ztunnel.yaml"), "{err}");
+    let err = Config::load(&dir.path().join("missing.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing.yaml"), "{err}");
+}

@@ -1,0 +1,166 @@
+//! Inbound HBONE (15008, spec 2.8): each CONNECT is checked against the local
+//! workload, authorized, and delivered to the app.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use mesh_core::drain::DrainWatcher;
+use mesh_core::hbone::{self, Handler, HboneError, InboundRequest, Peer};
+
+use super::route::ILLEGAL_PORTS;
+use super::{AccessLog, Proxy};
+use crate::authz::{self, Connection};
+use crate::capture;
+use crate::metrics::{Endpoints, Metrics, Reporter, TrafficLabels};
+
+#[derive(Debug)]
+pub struct Inbound {
+    pub proxy: Arc<Proxy>,
+    pub drain: DrainWatcher,
+}
+
+impl Handler for Inbound {
+    async fn handle(&self, req: InboundRequest) {
+        let proxy = &self.proxy;
+        let started = Instant::now();
+        let target = capture::canonical(req.authority);
+        let peer = req.peer.clone();
+        let Some(local) = proxy
+            .local_workload()
+            .filter(|w| w.spec.addresses.contains(&target.ip()))
+        else {
+            // Not ours: this ztunnel is no open relay.
+            Metrics::count_reason(&proxy.metrics.malformed_requests, "unknown_target");
+            tracing::info!(peer = %peer.addr, %target, "refused CONNECT to an address that is not a local workload");
+            return req.refuse(StatusCode::BAD_REQUEST);
+        };
+        if ILLEGAL_PORTS.contains(&target.port()) {
+            Metrics::count_reason(&proxy.metrics.malformed_requests, "illegal_port");
+            tracing::info!(peer = %peer.addr, %target, "refused CONNECT to one of ztunnel's own ports");
+            return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let state = proxy.state.load();
+        let source = state
+            .workload_by_ip(capture::canonical_ip(peer.addr.ip()))
+            .cloned();
+        let service = req
+            .headers
+            .get("forwarded")
+            .and_then(|v| v.to_str().ok())
+            .and_then(hbone::headers::forwarded_host)
+            .and_then(|h| state.services().find(|s| s.hostname == h).cloned());
+        let labels = TrafficLabels::new(
+            Reporter::destination,
+            &Endpoints {
+                source: source.as_deref(),
+                source_principal: peer.identity.as_ref().map(|i| i.to_string()),
+                destination: Some(&local),
+                service: service.as_deref(),
+                mtls: true,
+            },
+        );
+        let decision = authz::decide(
+            &state,
+            &local,
+            &Connection {
+                source_ip: capture::canonical_ip(peer.addr.ip()),
+                source: peer.identity.as_ref(),
+                destination: target,
+            },
+        );
+        drop(state);
+        for key in &decision.audited {
+            tracing::info!(target: "access", policy = %key, peer = %peer.addr, %target, "audited connection");
+        }
+        for (key, would_deny) in &decision.dry_run {
+            tracing::info!(policy = %key, would_deny, peer = %peer.addr, %target, "dry-run policy evaluated");
+        }
+        if !decision.allowed {
+            let labels = labels.with_flag("DENY");
+            proxy.metrics.failed.get_or_create(&labels).inc();
+            log(&peer, target, &labels, started, 0, 0, &decision.reason);
+            return req.refuse(StatusCode::UNAUTHORIZED);
+        }
+        let mut upstream = match capture::connect(target, proxy.mark, proxy.connect_timeout).await {
+            Ok(s) => s,
+            Err(error) => {
+                let labels = labels.with_flag("CONNECT");
+                proxy.metrics.failed.get_or_create(&labels).inc();
+                log(
+                    &peer,
+                    target,
+                    &labels,
+                    started,
+                    0,
+                    0,
+                    &format!("connect to the app: {error}"),
+                );
+                return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
+            }
+        };
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::try_from(super::outbound::baggage(&local).encode()) {
+            headers.insert("baggage", v);
+        }
+        let Ok(tunnel) = req.accept(headers) else {
+            return;
+        };
+        proxy.metrics.opened.get_or_create(&labels).inc();
+        proxy.metrics.sockets_open.inc();
+        let t = hbone::splice(&mut upstream, tunnel, Some(&self.drain)).await;
+        proxy.metrics.sockets_open.dec();
+        proxy.metrics.closed.get_or_create(&labels).inc();
+        // Client to server is "received"; server to client is "sent".
+        proxy
+            .metrics
+            .received_bytes
+            .get_or_create(&labels)
+            .inc_by(t.tunnel_to_tcp);
+        proxy
+            .metrics
+            .sent_bytes
+            .get_or_create(&labels)
+            .inc_by(t.tcp_to_tunnel);
+        log(
+            &peer,
+            target,
+            &labels,
+            started,
+            t.tcp_to_tunnel,
+            t.tunnel_to_tcp,
+            &format!("{:?}", t.end),
+        );
+    }
+
+    fn malformed(&self, peer: &Peer, error: &HboneError) {
+        let reason = match error {
+            HboneError::NotConnect(_) => "not_connect",
+            _ => "bad_authority",
+        };
+        Metrics::count_reason(&self.proxy.metrics.malformed_requests, reason);
+        tracing::info!(peer = %peer.addr, %error, "refused a malformed HBONE request");
+    }
+}
+
+fn log(
+    peer: &Peer,
+    dst: std::net::SocketAddr,
+    labels: &TrafficLabels,
+    started: Instant,
+    sent: u64,
+    received: u64,
+    outcome: &str,
+) {
+    AccessLog {
+        direction: "inbound",
+        src: peer.addr,
+        dst,
+        labels,
+        started,
+        bytes_sent: sent,
+        bytes_received: received,
+        outcome,
+    }
+    .emit();
+}

@@ -1,0 +1,182 @@
+//! Outbound (15001): a connection redirected from the local workload is
+//! planned by `route` and carried over HBONE, or plain TCP where the plan says so.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue};
+use mesh_core::drain::DrainWatcher;
+use mesh_core::hbone::{self, ConnectRequest, PoolKey, headers};
+use tokio::net::TcpStream;
+
+use super::route::{self, Plan};
+use super::{AccessLog, Proxy};
+use crate::capture;
+use crate::metrics::{Endpoints, Reporter, TrafficLabels};
+use crate::state::WorkloadEntry;
+
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+    drain: DrainWatcher,
+) {
+    let started = Instant::now();
+    let dst = match capture::original_destination(&downstream) {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::warn!(%peer, %error, "no original destination; closing");
+            return;
+        }
+    };
+    let Some(source) = proxy.local_workload() else {
+        tracing::warn!(%peer, %dst, workload = ?proxy.local, "the local workload is not in the config; refusing");
+        hbone::copy::reset_tcp(&downstream);
+        return;
+    };
+    let state = proxy.state.load();
+    let planned = route::plan(&state, &source, dst, &mut rand::rng());
+    drop(state);
+    let plan = match planned {
+        Ok(p) => p,
+        Err(error) => {
+            let labels = TrafficLabels::new(
+                Reporter::source,
+                &Endpoints {
+                    source: Some(&source),
+                    source_principal: Some(source.identity.to_string()),
+                    ..Default::default()
+                },
+            )
+            .with_flag("CONNECT");
+            proxy.metrics.failed.get_or_create(&labels).inc();
+            log(peer, dst, &labels, started, 0, 0, &error.to_string());
+            hbone::copy::reset_tcp(&downstream);
+            return;
+        }
+    };
+    let labels = TrafficLabels::new(
+        Reporter::source,
+        &Endpoints {
+            source: Some(&source),
+            source_principal: Some(source.identity.to_string()),
+            destination: plan.destination().map(|d| d.as_ref()),
+            service: plan.service().map(|s| s.as_ref()),
+            mtls: matches!(plan, Plan::Hbone { .. }),
+        },
+    );
+    proxy.metrics.opened.get_or_create(&labels).inc();
+    proxy.metrics.sockets_open.inc();
+    let (sent, received, outcome, labels) = match plan {
+        Plan::Hbone {
+            peer: hbone_peer,
+            authority,
+            expected,
+            service,
+            ..
+        } => {
+            let key = PoolKey::new(source.identity.clone(), expected, hbone_peer, None);
+            let req = ConnectRequest {
+                authority,
+                headers: request_headers(
+                    &source,
+                    peer,
+                    service.as_ref().map(|s| s.hostname.as_str()),
+                ),
+            };
+            match proxy.pool.connect(&key, req).await {
+                Ok((tunnel, _)) => {
+                    let t = hbone::splice(&mut downstream, tunnel, Some(&drain)).await;
+                    (
+                        t.tunnel_to_tcp,
+                        t.tcp_to_tunnel,
+                        format!("{:?}", t.end),
+                        labels,
+                    )
+                }
+                Err(error) => {
+                    let labels = labels.with_flag(error.response_flag());
+                    proxy.metrics.failed.get_or_create(&labels).inc();
+                    hbone::copy::reset_tcp(&downstream);
+                    (0, 0, error.to_string(), labels)
+                }
+            }
+        }
+        Plan::Direct { target, .. } | Plan::Passthrough { target, .. } => {
+            match capture::connect(target, proxy.mark, proxy.connect_timeout).await {
+                Ok(mut upstream) => {
+                    let t = super::plain::splice(&mut downstream, &mut upstream, &drain).await;
+                    (t.b_to_a, t.a_to_b, format!("{:?}", t.end), labels)
+                }
+                Err(error) => {
+                    let labels = labels.with_flag("CONNECT");
+                    proxy.metrics.failed.get_or_create(&labels).inc();
+                    hbone::copy::reset_tcp(&downstream);
+                    (0, 0, format!("connect to {target}: {error}"), labels)
+                }
+            }
+        }
+    };
+    proxy.metrics.sockets_open.dec();
+    proxy.metrics.closed.get_or_create(&labels).inc();
+    proxy.metrics.sent_bytes.get_or_create(&labels).inc_by(sent);
+    proxy
+        .metrics
+        .received_bytes
+        .get_or_create(&labels)
+        .inc_by(received);
+    log(peer, dst, &labels, started, sent, received, &outcome);
+}
+
+fn log(
+    src: SocketAddr,
+    dst: SocketAddr,
+    labels: &TrafficLabels,
+    started: Instant,
+    sent: u64,
+    received: u64,
+    outcome: &str,
+) {
+    AccessLog {
+        direction: "outbound",
+        src,
+        dst,
+        labels,
+        started,
+        bytes_sent: sent,
+        bytes_received: received,
+        outcome,
+    }
+    .emit();
+}
+
+fn request_headers(
+    source: &WorkloadEntry,
+    client: SocketAddr,
+    service_host: Option<&str>,
+) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::try_from(value) {
+            h.insert(name, v);
+        }
+    };
+    put("forwarded", headers::forwarded(client, service_host));
+    put("baggage", baggage(source).encode());
+    put("traceparent", headers::traceparent());
+    h
+}
+
+pub fn baggage(w: &WorkloadEntry) -> headers::Baggage {
+    headers::Baggage {
+        cluster: w.spec.cluster_id.clone(),
+        namespace: w.spec.namespace.clone(),
+        workload_type: w.spec.workload_type.as_str().into(),
+        workload_name: w.workload_name().into(),
+        service_name: w.canonical_service().into(),
+        service_version: w.canonical_revision().into(),
+        region: w.spec.locality.region.clone(),
+        zone: w.spec.locality.zone.clone(),
+    }
+}
