@@ -109,6 +109,33 @@ impl CertificateAuthority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<WorkloadCertificate, TlsError> {
+        let (cert, key) = self.sign(identity, not_before, not_after)?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        WorkloadCertificate::from_der(
+            vec![cert.der().clone()],
+            key_der,
+            vec![self.root_der.clone()],
+        )
+    }
+
+    /// Issues a certificate and returns it and its PKCS#8 key as PEM, for
+    /// writing to files.
+    pub fn issue_pem_between(
+        &self,
+        identity: &Identity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<(String, String), TlsError> {
+        let (cert, key) = self.sign(identity, not_before, not_after)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    fn sign(
+        &self,
+        identity: &Identity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(rcgen_err)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -131,12 +158,7 @@ impl CertificateAuthority {
         let cert = params
             .signed_by(&key, &self.issuer, &self.key)
             .map_err(rcgen_err)?;
-        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        WorkloadCertificate::from_der(
-            vec![cert.der().clone()],
-            key_der,
-            vec![self.root_der.clone()],
-        )
+        Ok((cert, key))
     }
 }
 

@@ -210,9 +210,19 @@ async fn renew(store: std::sync::Weak<CertStore>, identity: Identity, entry: Arc
         match fetched {
             Ok(cert) => {
                 tracing::info!(%identity, not_after = ?cert.not_after, "certificate issued");
+                // A source that can only give a certificate already due for
+                // renewal (a fixed file near or past expiry) is asked again
+                // with back-off, not in a tight loop.
+                let stale = cert.refresh_at() <= SystemTime::now();
                 entry.current.store(Some(Arc::new(cert)));
                 entry.changed.send_modify(|v| *v += 1);
-                retry = RETRY_START;
+                if stale {
+                    tracing::warn!(%identity, retry_in = ?retry, "the certificate source returned a certificate already due for renewal");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_CAP);
+                } else {
+                    retry = RETRY_START;
+                }
             }
             Err(error) => {
                 tracing::warn!(%identity, %error, retry_in = ?retry, "certificate fetch failed; keeping the current one");
@@ -264,6 +274,44 @@ mod tests {
         // Whoever held the first certificate (an established handshake) still has it.
         assert_eq!(LeafInfo::parse(first.leaf()).unwrap().serial, first_serial);
         assert_eq!(second.identity, id);
+    }
+
+    /// Counts fetches and always returns an expired certificate.
+    #[derive(Debug)]
+    struct AlwaysExpired {
+        ca: CertificateAuthority,
+        fetches: std::sync::atomic::AtomicUsize,
+    }
+
+    impl CertificateSource for AlwaysExpired {
+        fn fetch(&self, id: &Identity) -> BoxFuture<'_, Result<WorkloadCertificate, TlsError>> {
+            self.fetches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let now = SystemTime::now();
+            let c = self.ca.issue_between(
+                id,
+                now - Duration::from_secs(7200),
+                now - Duration::from_secs(3600),
+            );
+            Box::pin(async move { c })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_of_stale_certificates_is_retried_with_back_off() {
+        let ca = CertificateAuthority::generate("test").unwrap();
+        let roots = Arc::new(TrustBundle::new(vec![ca.root_der().clone()]).unwrap());
+        let src = Arc::new(AlwaysExpired {
+            ca,
+            fetches: Default::default(),
+        });
+        let store = CertStore::new(src.clone(), roots);
+        let id: Identity = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        store.get(&id).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Back-off 0.5 + 1 + 2 + 4 s: a handful of fetches in 10 s, not thousands.
+        let n = src.fetches.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((3..=6).contains(&n), "{n} fetches in 10 s");
     }
 
     #[tokio::test]
