@@ -110,8 +110,10 @@ pub async fn serve_connection<H: Handler>(
     handler: Arc<H>,
     drain: DrainWatcher,
 ) -> Result<(), HboneError> {
-    let addr = tcp.peer_addr().map_err(HboneError::Io)?;
-    let local = tcp.local_addr().map_err(HboneError::Io)?;
+    // Dual-stack listeners see IPv4 peers as IPv4-mapped IPv6; report them as IPv4.
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let addr = canonical(tcp.peer_addr().map_err(HboneError::Io)?);
+    let local = canonical(tcp.local_addr().map_err(HboneError::Io)?);
     let _ = tcp.set_nodelay(true);
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await

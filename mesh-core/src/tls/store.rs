@@ -39,7 +39,15 @@ impl CertificateSource for LocalCa {
 /// Serves fixed certificates loaded from files, one per identity.
 #[derive(Debug, Default)]
 pub struct StaticCertificates {
-    pem: HashMap<Identity, (Vec<u8>, Vec<u8>, Vec<u8>)>,
+    pem: HashMap<Identity, PemFiles>,
+}
+
+/// A certificate chain, its key and the roots, as PEM.
+#[derive(Debug)]
+struct PemFiles {
+    chain: Vec<u8>,
+    key: Vec<u8>,
+    roots: Vec<u8>,
 }
 
 impl StaticCertificates {
@@ -51,7 +59,7 @@ impl StaticCertificates {
         roots: Vec<u8>,
     ) -> Result<Identity, TlsError> {
         let cert = WorkloadCertificate::from_pem(&chain, &key, &roots)?;
-        self.pem.insert(cert.identity.clone(), (chain, key, roots));
+        self.pem.insert(cert.identity.clone(), PemFiles { chain, key, roots });
         Ok(cert.identity)
     }
 }
@@ -59,7 +67,7 @@ impl StaticCertificates {
 impl CertificateSource for StaticCertificates {
     fn fetch(&self, identity: &Identity) -> BoxFuture<'_, Result<WorkloadCertificate, TlsError>> {
         let result = match self.pem.get(identity) {
-            Some((c, k, r)) => WorkloadCertificate::from_pem(c, k, r),
+            Some(p) => WorkloadCertificate::from_pem(&p.chain, &p.key, &p.roots),
             None => Err(TlsError::NoCertificateFor(identity.clone())),
         };
         Box::pin(async move { result })
@@ -166,8 +174,8 @@ impl CertStore {
     ) -> Result<(), TlsError> {
         if &cert.identity != identity {
             return Err(TlsError::WrongIdentity {
-                asked: identity.clone(),
-                got: cert.identity.clone(),
+                asked: Box::new(identity.clone()),
+                got: Box::new(cert.identity.clone()),
             });
         }
         Ok(())
