@@ -151,7 +151,7 @@ fn deny_wins_over_allow_and_allow_must_match_when_present() {
     let allow = policy("allow-frontend", Action::Allow, "{namespaces: [frontend]}");
     let deny = policy("deny-9000", Action::Deny, "{destinationPorts: [9000]}");
 
-    let s = State::build(&[], &[], &[allow.clone()], &[]).unwrap();
+    let s = State::build(&[], &[], std::slice::from_ref(&allow), &[]).unwrap();
     assert!(decide(&s, &w, &conn(Some(&alice), "10.0.0.1", "10.0.0.2:80")).allowed);
     let d = decide(&s, &w, &conn(Some(&bob), "10.0.0.1", "10.0.0.2:80"));
     assert!(!d.allowed);
