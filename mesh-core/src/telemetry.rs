@@ -64,7 +64,12 @@ pub fn init_logging(default_filter: &str) -> LogControl {
     let (layer, handle) = reload::Layer::new(filter);
     let installed = tracing_subscriber::registry()
         .with(layer)
-        .with(tracing_subscriber::fmt::layer().with_target(true))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(true)
+                // Colours only on a terminal, never into log files.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+        )
         .try_init()
         .is_ok();
     LogControl {

@@ -33,7 +33,10 @@ pub enum TlsError {
     #[error("no certificate is configured for {0}")]
     NoCertificateFor(Identity),
     #[error("asked for a certificate for {asked} but got one for {got}")]
-    WrongIdentity { asked: Box<Identity>, got: Box<Identity> },
+    WrongIdentity {
+        asked: Box<Identity>,
+        got: Box<Identity>,
+    },
 }
 
 /// The first SPIFFE identity of a TLS peer's leaf certificate: the

@@ -59,7 +59,8 @@ impl StaticCertificates {
         roots: Vec<u8>,
     ) -> Result<Identity, TlsError> {
         let cert = WorkloadCertificate::from_pem(&chain, &key, &roots)?;
-        self.pem.insert(cert.identity.clone(), PemFiles { chain, key, roots });
+        self.pem
+            .insert(cert.identity.clone(), PemFiles { chain, key, roots });
         Ok(cert.identity)
     }
 }
