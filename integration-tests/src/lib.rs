@@ -137,8 +137,10 @@ impl Mesh {
                 s6 = hosts.server_v6,
             )
         };
+        // The client side runs one worker (a current-thread runtime), the server
+        // side one per CPU: both runtime flavours are exercised.
         let client_cfg = format!(
-            "proxy:\n  workload: default/client\n  drainDeadline: {dd}\n  certificates:\n    {client_certs}\n    roots: [root.pem]\n{w}",
+            "proxy:\n  workload: default/client\n  workerThreads: 1\n  drainDeadline: {dd}\n  certificates:\n    {client_certs}\n    roots: [root.pem]\n{w}",
             dd = opts.drain_deadline,
             w = workloads(&opts.server_sa_seen_by_client, client_td),
         );

@@ -39,11 +39,15 @@ fn main() -> ExitCode {
             .unwrap_or(1),
         n => n,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime saves the cross-thread wake-ups.
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ztunnel: cannot start the runtime: {e}");

@@ -270,7 +270,7 @@ impl Pool {
         let name = rustls_pki_types::ServerName::IpAddress(dst.ip().into());
         let tls = tokio::time::timeout(
             self.settings.connect_timeout,
-            TlsConnector::from(config).connect(name, tcp),
+            TlsConnector::from(config).connect(name, super::buffered(tcp)),
         )
         .await
         .map_err(|_| HboneError::HandshakeTimeout(dst))?

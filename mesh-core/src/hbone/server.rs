@@ -115,7 +115,7 @@ pub async fn serve_connection<H: Handler>(
     let addr = canonical(tcp.peer_addr().map_err(HboneError::Io)?);
     let local = canonical(tcp.local_addr().map_err(HboneError::Io)?);
     let _ = tcp.set_nodelay(true);
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(super::buffered(tcp)))
         .await
         .map_err(|_| HboneError::HandshakeTimeout(addr))?
         .map_err(|e| HboneError::Tls { addr, source: e })?;
