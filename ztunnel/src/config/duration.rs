@@ -25,10 +25,14 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             ));
         }
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a valid duration"));
+    // Anything longer than ten years is a typo, and huge values would overflow.
+    const MAX_SECS: f64 = 10.0 * 365.0 * 86400.0;
+    if !secs.is_finite() || secs < 0.0 || secs > MAX_SECS {
+        return Err(format!(
+            "duration {s:?} is out of range (at most ten years)"
+        ));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?} is out of range"))
 }
 
 impl<'de> serde::Deserialize<'de> for HumanDuration {
@@ -40,7 +44,9 @@ impl<'de> serde::Deserialize<'de> for HumanDuration {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
+            Raw::Secs(s) => parse(&s.to_string())
+                .map(HumanDuration)
+                .map_err(serde::de::Error::custom),
             Raw::Text(t) => parse(&t)
                 .map(HumanDuration)
                 .map_err(serde::de::Error::custom),
@@ -67,5 +73,13 @@ mod tests {
         assert_eq!(parse("24h").unwrap(), Duration::from_secs(86400));
         assert!(parse("5 days").unwrap_err().contains("unknown unit"));
         assert!(parse("fast").unwrap_err().contains("not a duration"));
+        // Found by fuzzing: these used to panic in Duration::from_secs_f64.
+        for huge in [
+            "8888888888888882h",
+            "955555555555555555555555555555555555555555555680ms",
+            "99999999999",
+        ] {
+            assert!(parse(huge).unwrap_err().contains("out of range"), "{huge}");
+        }
     }
 }

@@ -165,8 +165,7 @@ pub enum Action {
 
 /// A string condition: `{exact|prefix|suffix: s}`, `{presence: {}}`, or the
 /// AuthorizationPolicy shorthand (`*` = presence, `*x` = suffix, `x*` = prefix).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StringMatch {
     Exact(String),
     Prefix(String),
@@ -200,6 +199,24 @@ impl StringMatch {
         } else {
             StringMatch::Exact(s.to_string())
         })
+    }
+}
+
+/// Written in the same map form it is read from (`{exact: s}`, `{presence: {}}`),
+/// so a config round-trips through YAML and `/config_dump` shows the xDS shape.
+impl Serialize for StringMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            StringMatch::Exact(v) => m.serialize_entry("exact", v)?,
+            StringMatch::Prefix(v) => m.serialize_entry("prefix", v)?,
+            StringMatch::Suffix(v) => m.serialize_entry("suffix", v)?,
+            StringMatch::Presence => {
+                m.serialize_entry("presence", &BTreeMap::<String, String>::new())?
+            }
+        }
+        m.end()
     }
 }
 

@@ -180,3 +180,21 @@ fn load_resolves_paths_from_the_file_directory_and_names_the_file() {
         .to_string();
     assert!(err.contains("missing.yaml"), "{err}");
 }
+
+/// Found by fuzzing: an accepted config must survive a YAML round trip
+/// unchanged (string matches were written as YAML tags that did not parse).
+#[test]
+fn accepted_configs_round_trip_through_yaml() {
+    let text = MINIMAL.replace(
+        "{prefix: 'cluster.local/ns/test/'}",
+        "{prefix: 'cluster.local/ns/test/'}, '*', '*/sa/x', {presence: {}}, {suffix: y}",
+    );
+    let first = Config::parse(&text).unwrap();
+    let yaml = serde_yaml::to_string(&first).unwrap();
+    let second = Config::parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    assert_eq!(serde_yaml::to_string(&second).unwrap(), yaml);
+    let m = &second.authorization_policies[0].rules[0].clauses[0].matches[0];
+    assert_eq!(m.principals[2], StringMatch::Presence);
+    assert_eq!(m.principals[3], StringMatch::Suffix("/sa/x".into()));
+    assert_eq!(m.principals[4], StringMatch::Presence);
+}
