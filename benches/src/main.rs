@@ -14,11 +14,33 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ambit_bench::bench::run(args)) {
+    // On SIGINT or SIGTERM the run is dropped at its next await, so its
+    // namespaces and processes are removed by their guards.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = ambit_bench::bench::run(args) => r,
+            s = interrupted() => Err(anyhow::anyhow!("{s}: stopped; namespaces and processes removed")),
+        }
+    });
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ambit-bench: error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
     }
 }
