@@ -225,7 +225,10 @@ impl Config {
 
     /// Parses and validates YAML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = serde_path_to_error::deserialize(
+            serde_yaml::Deserializer::from_str(text),
+        )
+        .map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: describe(&e),
         })?;
@@ -376,14 +379,30 @@ impl ConfigError {
     }
 }
 
-/// serde_yaml's message already names the field path; make sure the line is there too.
-fn describe(e: &serde_yaml::Error) -> String {
-    let msg = e.to_string();
-    match e.location() {
-        Some(loc) if !msg.contains("line ") => {
-            format!("{msg} (line {}, column {})", loc.line(), loc.column())
-        }
-        _ => msg,
+/// "<field path>: <what is wrong> at line L column C". serde_yaml names only the
+/// parent of a field whose value failed a custom check, so the exact path comes
+/// from serde_path_to_error and serde_yaml's own prefix is dropped.
+fn describe(e: &serde_path_to_error::Error<serde_yaml::Error>) -> String {
+    let path = e.path().to_string();
+    let inner = e.inner();
+    let mut msg = inner.to_string();
+    if let Some((prefix, rest)) = msg.split_once(": ")
+        && !prefix.contains(' ')
+        && path.starts_with(
+            prefix.trim_end_matches(|c: char| c == ']' || c.is_ascii_digit() || c == '['),
+        )
+    {
+        msg = rest.to_string();
+    }
+    if let Some(loc) = inner.location()
+        && !msg.contains("line ")
+    {
+        msg = format!("{msg} at line {} column {}", loc.line(), loc.column());
+    }
+    if path.is_empty() || path == "." {
+        msg
+    } else {
+        format!("{path}: {msg}")
     }
 }
 

@@ -68,7 +68,10 @@ fn errors_name_the_field_and_line() {
         (
             "bad cidr",
             "sourceIps: [10.0.0.0/8, 192.168.1.1]",
-            &["sourceIps", "not an IP address or CIDR", "line 27"],
+            &[
+                "matches[0].sourceIps[1]: \"192.168.1\" is not an IP address or CIDR",
+                "line 27",
+            ],
         ),
         (
             "bad enum",
@@ -79,7 +82,7 @@ fn errors_name_the_field_and_line() {
             "bad workload ref",
             "workload: default/server",
             &[
-                "proxy: workload \"server\" is not <namespace>/<name>",
+                "proxy.workload: workload \"server\" is not <namespace>/<name>",
                 "line 3",
             ],
         ),
@@ -87,7 +90,7 @@ fn errors_name_the_field_and_line() {
             "bad duration",
             "ca: {cert: root.pem, key: root.key}",
             &[
-                "proxy.certificates.ca: duration \"3 weeks\": unknown unit",
+                "proxy.certificates.ca.ttl: duration \"3 weeks\": unknown unit",
                 "line 5",
             ],
         ),
@@ -197,4 +200,18 @@ fn accepted_configs_round_trip_through_yaml() {
     assert_eq!(m.principals[2], StringMatch::Presence);
     assert_eq!(m.principals[3], StringMatch::Suffix("/sa/x".into()));
     assert_eq!(m.principals[4], StringMatch::Presence);
+}
+
+/// Found by fuzzing: u64::MAX seconds parsed, and its serialization panicked on reparse.
+#[test]
+fn bare_second_counts_are_bounded() {
+    let text = MINIMAL.replace(
+        "  certificates:\n",
+        "  drainDeadline: 18446744073709551615\n  certificates:\n",
+    );
+    let err = Config::parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("proxy.drainDeadline") && err.contains("out of range"),
+        "{err}"
+    );
 }

@@ -1,0 +1,387 @@
+//! Writes the seed corpora of the fuzz targets (`corpus/<target>/seed-*`).
+//!
+//! Run from `fuzz/`: `cargo run --bin seeds` (any toolchain), or without
+//! building the dependencies: `rustc --edition 2024 -O seeds/main.rs -o
+//! target/seeds && target/seeds`. HTTP/2 frames
+//! are encoded by hand (9-byte frame header, HPACK literals without indexing,
+//! no Huffman) so the seeds do not depend on an HTTP/2 implementation.
+
+use std::fs;
+use std::path::Path;
+
+// Frame types (RFC 9113 section 6).
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+
+// Flags.
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    assert!(len < 1 << 24);
+    let mut f = Vec::with_capacity(9 + payload.len());
+    f.extend_from_slice(&len.to_be_bytes()[1..]);
+    f.push(kind);
+    f.push(flags);
+    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK integer with an N-bit prefix (RFC 7541 section 5.1).
+fn hpack_int(out: &mut Vec<u8>, first: u8, prefix_bits: u8, mut value: usize) {
+    let max = (1usize << prefix_bits) - 1;
+    if value < max {
+        out.push(first | value as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+fn hpack_str(out: &mut Vec<u8>, s: &str) {
+    hpack_int(out, 0x00, 7, s.len()); // H = 0: no Huffman
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Static table indexes (RFC 7541 appendix A) of the pseudo-headers used here.
+fn static_name(name: &str) -> Option<usize> {
+    Some(match name {
+        ":authority" => 1,
+        ":method" => 2,
+        ":path" => 4,
+        ":scheme" => 6,
+        _ => return None,
+    })
+}
+
+/// A header block of literals without indexing (RFC 7541 section 6.2.2).
+fn header_block(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        match static_name(name) {
+            Some(i) => hpack_int(&mut out, 0x00, 4, i),
+            None => {
+                out.push(0x00);
+                hpack_str(&mut out, name);
+            }
+        }
+        hpack_str(&mut out, value);
+    }
+    out
+}
+
+fn headers(stream: u32, flags: u8, h: &[(&str, &str)]) -> Vec<u8> {
+    frame(HEADERS, flags | END_HEADERS, stream, &header_block(h))
+}
+
+fn connect(stream: u32, authority: &str) -> Vec<u8> {
+    headers(
+        stream,
+        0,
+        &[(":method", "CONNECT"), (":authority", authority)],
+    )
+}
+
+fn settings() -> Vec<u8> {
+    // ENABLE_PUSH = 0, INITIAL_WINDOW_SIZE = 4 MiB, MAX_FRAME_SIZE = 16384.
+    let mut p = Vec::new();
+    for (id, v) in [(0x2u16, 0u32), (0x4, 4 << 20), (0x5, 16384)] {
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&v.to_be_bytes());
+    }
+    frame(SETTINGS, 0, 0, &p)
+}
+
+fn settings_ack() -> Vec<u8> {
+    frame(SETTINGS, ACK, 0, &[])
+}
+
+fn data(stream: u32, flags: u8, bytes: &[u8]) -> Vec<u8> {
+    frame(DATA, flags, stream, bytes)
+}
+
+fn window_update(stream: u32, increment: u32) -> Vec<u8> {
+    frame(WINDOW_UPDATE, 0, stream, &increment.to_be_bytes())
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn hbone_connect_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let connect_full = headers(
+        1,
+        0,
+        &[
+            (":method", "CONNECT"),
+            (":authority", "[fd00::2]:9000"),
+            (
+                "forwarded",
+                "for=\"10.0.0.9:43210\";host=echo.default.svc.cluster.local",
+            ),
+            (
+                "baggage",
+                "k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=client,service.name=client,service.version=v1",
+            ),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            ),
+        ],
+    );
+    let split_block = header_block(&[(":method", "CONNECT"), (":authority", "10.0.0.1:80")]);
+    let (first, rest) = split_block.split_at(5);
+    let mut padded = vec![4u8]; // pad length
+    padded.extend_from_slice(b"hello");
+    padded.extend_from_slice(&[0; 4]);
+    let mut goaway = Vec::new();
+    goaway.extend_from_slice(&0u32.to_be_bytes()); // last stream id
+    goaway.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
+    vec![
+        ("settings", settings()),
+        ("connect", cat(&[settings(), connect(1, "10.0.0.1:80")])),
+        (
+            "connect_data",
+            cat(&[
+                settings(),
+                settings_ack(),
+                connect(1, "10.0.0.1:80"),
+                data(1, 0, b"hello"),
+                window_update(0, 1 << 16),
+                window_update(1, 1 << 16),
+                data(1, END_STREAM, b""),
+            ]),
+        ),
+        (
+            "connect_refused",
+            cat(&[settings(), connect(1, "10.0.0.1:81"), data(1, 0, b"x")]),
+        ),
+        (
+            "connect_dropped",
+            cat(&[
+                settings(),
+                connect(1, "10.0.0.1:82"),
+                data(1, END_STREAM, b"x"),
+            ]),
+        ),
+        (
+            "connect_v6_headers",
+            cat(&[settings(), connect_full, data(1, 0, b"ping")]),
+        ),
+        (
+            "connect_bad_authority",
+            cat(&[
+                settings(),
+                connect(1, "echo.default:80"),
+                connect(3, "10.0.0.1:0"),
+            ]),
+        ),
+        (
+            "get",
+            cat(&[
+                settings(),
+                headers(
+                    1,
+                    END_STREAM,
+                    &[
+                        (":method", "GET"),
+                        (":scheme", "http"),
+                        (":path", "/"),
+                        (":authority", "10.0.0.1:80"),
+                    ],
+                ),
+            ]),
+        ),
+        (
+            "continuation",
+            cat(&[
+                settings(),
+                frame(HEADERS, 0, 1, first),
+                frame(CONTINUATION, END_HEADERS, 1, rest),
+                data(1, PADDED, &padded),
+            ]),
+        ),
+        (
+            "multi_stream",
+            cat(&[
+                settings(),
+                connect(1, "10.0.0.1:80"),
+                connect(3, "10.0.0.2:8080"),
+                connect(5, "10.0.0.3:443"),
+                data(1, 0, b"one"),
+                data(3, 0, b"three"),
+                frame(RST_STREAM, 0, 3, &0x8u32.to_be_bytes()), // CANCEL
+                data(5, END_STREAM, b"five"),
+                frame(PRIORITY, 0, 7, &[0, 0, 0, 1, 16]),
+            ]),
+        ),
+        (
+            "control",
+            cat(&[
+                settings(),
+                frame(PING, 0, 0, b"12345678"),
+                window_update(0, 1),
+                frame(GOAWAY, 0, 0, &goaway),
+            ]),
+        ),
+        (
+            "data_without_headers",
+            cat(&[settings(), data(1, 0, b"orphan")]),
+        ),
+    ]
+}
+
+/// The MINIMAL config of ztunnel's own tests, plus variants around it.
+fn ztunnel_config_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let tests = include_str!("../../ztunnel/src/config/tests.rs");
+    let start = tests
+        .find("const MINIMAL: &str = \"")
+        .expect("MINIMAL in tests.rs")
+        + "const MINIMAL: &str = \"".len();
+    let len = tests[start..].find("\";").expect("end of MINIMAL");
+    let minimal = &tests[start..start + len];
+    assert!(!minimal.contains('\\'), "MINIMAL has escapes; unescape it");
+
+    let mut seeds: Vec<(&'static str, String)> = vec![("minimal", minimal.to_string())];
+    let replacements: &[(&str, &str, &str)] = &[
+        (
+            "bad_ip",
+            "addresses: [10.0.0.2, 'fd00::2']",
+            "addresses: [10.0.0.300, 'fd00::2']",
+        ),
+        (
+            "bad_cidr",
+            "sourceIps: [10.0.0.0/8, 192.168.1.1]",
+            "sourceIps: [10.0.0.0/8, 192.168.1]",
+        ),
+        ("bad_enum", "action: DENY", "action: DENNY"),
+        (
+            "bad_workload_ref",
+            "workload: default/server",
+            "workload: server",
+        ),
+        (
+            "ttl",
+            "ca: {cert: root.pem, key: root.key}",
+            "ca: {cert: root.pem, key: root.key, ttl: 12h}",
+        ),
+        (
+            "string_matches",
+            "{prefix: 'cluster.local/ns/test/'}",
+            "{suffix: '/sa/probe'}, {presence: {}}, '*', '*/sa/x', 'cluster.local/*'",
+        ),
+        (
+            "files",
+            "    ca: {cert: root.pem, key: root.key}\n",
+            "    files:\n    - {cert: a.pem, key: a.key, roots: r.pem}\n    roots: [extra.pem]\n",
+        ),
+    ];
+    for (name, from, to) in replacements {
+        assert!(minimal.contains(from), "{name}: MINIMAL lacks {from:?}");
+        seeds.push((name, minimal.replacen(from, to, 1)));
+    }
+    seeds.push((
+        "full",
+        format!(
+            "{}{}",
+            minimal.replace(
+                "  certificates:\n",
+                "  packetMark: null\n  drainDeadline: 1500ms\n  clusterId: east\n  workerThreads: 2\n  connectTimeout: 3s\n  listeners:\n    outbound: 127.0.0.1:0\n    inbound: '[::]:15008'\n    admin: 127.0.0.1:15000\n  certificates:\n",
+            ),
+            "\
+- name: global-allow
+  namespace: istio-system
+  scope: GLOBAL
+  action: ALLOW
+  dryRun: true
+  rules:
+  - clauses:
+    - matches:
+      - namespaces: ['default']
+        notPrincipals: ['*']
+        destinationIps: ['fd00::/64']
+        notDestinationPorts: [22]
+        serviceAccounts: [{namespace: default, serviceAccount: client}]
+        methods: [GET]
+        paths: ['/admin*']
+peerAuthentications:
+- name: strict
+  namespace: istio-system
+  mtls: {mode: STRICT}
+- name: permissive-port
+  namespace: default
+  selector: {matchLabels: {app: echo}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls: {9000: {mode: DISABLE}}
+"
+        ),
+    ));
+    seeds.push((
+        "workload_fields",
+        minimal.replace(
+            "  serviceAccount: server\n",
+            "  serviceAccount: server\n  trustDomain: example.org\n  node: node-1\n  tunnelProtocol: NONE\n  workloadType: pod\n  status: UNHEALTHY\n  capacity: 2\n  labels: {app: echo}\n  locality: {region: r1, zone: z1}\n  authorizationPolicies: [default/deny-probe]\n",
+        )
+        .replace(
+            "  ports: [{servicePort: 80, targetPort: 9000}]\n",
+            "  ports: [{servicePort: 80, targetPort: 9000}]\n  subjectAltNames: ['spiffe://cluster.local/ns/default/sa/server']\n  loadBalancing: {mode: FAILOVER}\n",
+        ),
+    ));
+    seeds
+        .into_iter()
+        .map(|(n, s)| (n, s.into_bytes()))
+        .collect()
+}
+
+fn hbone_authority_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    [
+        ("v4", "10.0.0.1:80"),
+        ("v6", "[fd00::2]:9000"),
+        ("v6_zone", "[fe80::1%2]:80"),
+        ("v4_mapped", "[::ffff:10.0.0.1]:15008"),
+        ("port0", "10.0.0.1:0"),
+        ("host", "reviews.default.svc.cluster.local:9080"),
+        (
+            "baggage",
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=reviews-v1,service.name=reviews,service.version=v1,cloud.region=r,cloud.availability_zone=z",
+        ),
+        ("forwarded", "for=\"10.0.0.1:43210\";host=reviews.default.svc.cluster.local"),
+        ("forwarded_v6", "for=\"[fd00::1]:80\";host=\"x\""),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n, s.as_bytes().to_vec()))
+    .collect()
+}
+
+fn write(target: &str, seeds: Vec<(&'static str, Vec<u8>)>) {
+    // `cargo run` knows the crate directory; a bare `rustc` build runs from fuzz/.
+    let root = option_env!("CARGO_MANIFEST_DIR").unwrap_or(".");
+    let dir = Path::new(root).join("corpus").join(target);
+    fs::create_dir_all(&dir).expect("create the corpus directory");
+    for (name, bytes) in &seeds {
+        fs::write(dir.join(format!("seed-{name}")), bytes).expect("write a seed");
+    }
+    println!("{}: {} seeds in {}", target, seeds.len(), dir.display());
+}
+
+fn main() {
+    write("hbone_connect", hbone_connect_seeds());
+    write("hbone_authority", hbone_authority_seeds());
+    write("ztunnel_config", ztunnel_config_seeds());
+}
