@@ -79,6 +79,10 @@ pub struct ClientSettings {
     pub connection_window: u32,
     pub max_frame_size: u32,
     pub max_header_list_size: u32,
+    /// Data queued per stream before the sender waits. Local only (not a wire
+    /// setting); it bounds memory: 8 busy streams at 4 MiB each were most of
+    /// the client's footprint.
+    pub max_send_buffer: usize,
     pub max_streams: usize,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -93,6 +97,7 @@ impl Default for ClientSettings {
             connection_window: 16 << 20,
             max_frame_size: 1 << 20,
             max_header_list_size: 16 << 10,
+            max_send_buffer: 1 << 20,
             max_streams: 100,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
@@ -288,7 +293,7 @@ impl Pool {
             .max_frame_size(s.max_frame_size)
             .max_header_list_size(s.max_header_list_size)
             .enable_push(false)
-            .max_send_buffer_size(s.stream_window as usize)
+            .max_send_buffer_size(s.max_send_buffer)
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(|e| HboneError::H2Handshake {
