@@ -80,22 +80,63 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
-/// One access-log line per connection.
+/// One connection's telemetry: the counters it moves and its one access-log line.
 #[derive(Debug)]
-pub struct AccessLog<'a> {
-    pub direction: &'static str,
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    pub labels: &'a TrafficLabels,
-    pub started: Instant,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    pub outcome: &'a str,
+pub struct Record<'a> {
+    metrics: &'a Metrics,
+    direction: &'static str,
+    src: SocketAddr,
+    dst: SocketAddr,
+    started: Instant,
 }
 
-impl AccessLog<'_> {
-    pub fn emit(&self) {
-        let l = self.labels;
+impl<'a> Record<'a> {
+    pub fn new(
+        metrics: &'a Metrics,
+        direction: &'static str,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Self {
+        Record {
+            metrics,
+            direction,
+            src,
+            dst,
+            started: Instant::now(),
+        }
+    }
+
+    /// A connection that never carried data: counted as failed with `flag`, logged with the reason.
+    pub fn failed(&self, labels: TrafficLabels, flag: &str, reason: &str) {
+        let labels = self.count_failed(labels, flag);
+        self.log(&labels, 0, 0, reason);
+    }
+
+    /// Counts a failure of an opened connection; `closed` then logs it once.
+    pub fn count_failed(&self, labels: TrafficLabels, flag: &str) -> TrafficLabels {
+        let labels = labels.with_flag(flag);
+        self.metrics.failed.get_or_create(&labels).inc();
+        labels
+    }
+
+    pub fn opened(&self, labels: &TrafficLabels) {
+        self.metrics.opened.get_or_create(labels).inc();
+        self.metrics.sockets_open.inc();
+    }
+
+    /// Closes what `opened` counted. `sent` goes to the client, `received` comes from it.
+    pub fn closed(&self, labels: &TrafficLabels, sent: u64, received: u64, outcome: &str) {
+        self.metrics.sockets_open.dec();
+        self.metrics.closed.get_or_create(labels).inc();
+        self.metrics.sent_bytes.get_or_create(labels).inc_by(sent);
+        self.metrics
+            .received_bytes
+            .get_or_create(labels)
+            .inc_by(received);
+        self.log(labels, sent, received, outcome);
+    }
+
+    fn log(&self, l: &TrafficLabels, sent: u64, received: u64, outcome: &str) {
         tracing::info!(
             target: "access",
             direction = self.direction,
@@ -110,10 +151,10 @@ impl AccessLog<'_> {
             dst.identity = %l.destination_principal,
             security = %l.connection_security_policy,
             flags = %l.response_flags,
-            bytes_sent = self.bytes_sent,
-            bytes_recv = self.bytes_received,
+            bytes_sent = sent,
+            bytes_recv = received,
             duration_ms = self.started.elapsed().as_millis() as u64,
-            outcome = self.outcome,
+            outcome,
             "connection complete"
         );
     }

@@ -2,14 +2,13 @@
 //! workload, authorized, and delivered to the app.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 use mesh_core::drain::DrainWatcher;
 use mesh_core::hbone::{self, Handler, HboneError, InboundRequest, Peer};
 
 use super::route::ILLEGAL_PORTS;
-use super::{AccessLog, Proxy};
+use super::{Proxy, Record};
 use crate::authz::{self, Connection};
 use crate::capture;
 use crate::metrics::{Endpoints, Metrics, Reporter, TrafficLabels};
@@ -23,7 +22,6 @@ pub struct Inbound {
 impl Handler for Inbound {
     async fn handle(&self, req: InboundRequest) {
         let proxy = &self.proxy;
-        let started = Instant::now();
         let target = capture::canonical(req.authority);
         let peer = req.peer.clone();
         let Some(local) = proxy
@@ -50,6 +48,7 @@ impl Handler for Inbound {
             .and_then(|v| v.to_str().ok())
             .and_then(hbone::headers::forwarded_host)
             .and_then(|h| state.services().find(|s| s.hostname == h).cloned());
+        let record = Record::new(&proxy.metrics, "inbound", peer.addr, target);
         let labels = TrafficLabels::new(
             Reporter::destination,
             &Endpoints {
@@ -77,25 +76,13 @@ impl Handler for Inbound {
             tracing::info!(policy = %key, would_deny, peer = %peer.addr, %target, "dry-run policy evaluated");
         }
         if !decision.allowed {
-            let labels = labels.with_flag("DENY");
-            proxy.metrics.failed.get_or_create(&labels).inc();
-            log(&peer, target, &labels, started, 0, 0, &decision.reason);
+            record.failed(labels, "DENY", &decision.reason);
             return req.refuse(StatusCode::UNAUTHORIZED);
         }
         let mut upstream = match capture::connect(target, proxy.mark, proxy.connect_timeout).await {
             Ok(s) => s,
             Err(error) => {
-                let labels = labels.with_flag("CONNECT");
-                proxy.metrics.failed.get_or_create(&labels).inc();
-                log(
-                    &peer,
-                    target,
-                    &labels,
-                    started,
-                    0,
-                    0,
-                    &format!("connect to the app: {error}"),
-                );
+                record.failed(labels, "CONNECT", &format!("connect to the app: {error}"));
                 return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
             }
         };
@@ -106,27 +93,11 @@ impl Handler for Inbound {
         let Ok(tunnel) = req.accept(headers) else {
             return;
         };
-        proxy.metrics.opened.get_or_create(&labels).inc();
-        proxy.metrics.sockets_open.inc();
+        record.opened(&labels);
         let t = hbone::splice(&mut upstream, tunnel, Some(&self.drain)).await;
-        proxy.metrics.sockets_open.dec();
-        proxy.metrics.closed.get_or_create(&labels).inc();
         // Client to server is "received"; server to client is "sent".
-        proxy
-            .metrics
-            .received_bytes
-            .get_or_create(&labels)
-            .inc_by(t.tunnel_to_tcp);
-        proxy
-            .metrics
-            .sent_bytes
-            .get_or_create(&labels)
-            .inc_by(t.tcp_to_tunnel);
-        log(
-            &peer,
-            target,
+        record.closed(
             &labels,
-            started,
             t.tcp_to_tunnel,
             t.tunnel_to_tcp,
             &format!("{:?}", t.end),
@@ -141,26 +112,4 @@ impl Handler for Inbound {
         Metrics::count_reason(&self.proxy.metrics.malformed_requests, reason);
         tracing::info!(peer = %peer.addr, %error, "refused a malformed HBONE request");
     }
-}
-
-fn log(
-    peer: &Peer,
-    dst: std::net::SocketAddr,
-    labels: &TrafficLabels,
-    started: Instant,
-    sent: u64,
-    received: u64,
-    outcome: &str,
-) {
-    AccessLog {
-        direction: "inbound",
-        src: peer.addr,
-        dst,
-        labels,
-        started,
-        bytes_sent: sent,
-        bytes_received: received,
-        outcome,
-    }
-    .emit();
 }

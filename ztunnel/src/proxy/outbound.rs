@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 use mesh_core::drain::DrainWatcher;
@@ -11,7 +10,7 @@ use mesh_core::hbone::{self, ConnectRequest, PoolKey, headers};
 use tokio::net::TcpStream;
 
 use super::route::{self, Plan};
-use super::{AccessLog, Proxy};
+use super::{Proxy, Record};
 use crate::capture;
 use crate::metrics::{Endpoints, Reporter, TrafficLabels};
 use crate::state::WorkloadEntry;
@@ -22,7 +21,6 @@ pub async fn handle(
     peer: SocketAddr,
     drain: DrainWatcher,
 ) {
-    let started = Instant::now();
     let dst = match capture::original_destination(&downstream) {
         Ok(d) => d,
         Err(error) => {
@@ -38,6 +36,7 @@ pub async fn handle(
     let state = proxy.state.load();
     let planned = route::plan(&state, &source, dst, &mut rand::rng());
     drop(state);
+    let record = Record::new(&proxy.metrics, "outbound", peer, dst);
     let plan = match planned {
         Ok(p) => p,
         Err(error) => {
@@ -48,10 +47,8 @@ pub async fn handle(
                     source_principal: Some(source.identity.to_string()),
                     ..Default::default()
                 },
-            )
-            .with_flag("CONNECT");
-            proxy.metrics.failed.get_or_create(&labels).inc();
-            log(peer, dst, &labels, started, 0, 0, &error.to_string());
+            );
+            record.failed(labels, "CONNECT", &error.to_string());
             hbone::copy::reset_tcp(&downstream);
             return;
         }
@@ -66,8 +63,7 @@ pub async fn handle(
             mtls: matches!(plan, Plan::Hbone { .. }),
         },
     );
-    proxy.metrics.opened.get_or_create(&labels).inc();
-    proxy.metrics.sockets_open.inc();
+    record.opened(&labels);
     let (sent, received, outcome, labels) = match plan {
         Plan::Hbone {
             peer: hbone_peer,
@@ -96,8 +92,7 @@ pub async fn handle(
                     )
                 }
                 Err(error) => {
-                    let labels = labels.with_flag(error.response_flag());
-                    proxy.metrics.failed.get_or_create(&labels).inc();
+                    let labels = record.count_failed(labels, error.response_flag());
                     hbone::copy::reset_tcp(&downstream);
                     (0, 0, error.to_string(), labels)
                 }
@@ -110,45 +105,14 @@ pub async fn handle(
                     (t.b_to_a, t.a_to_b, format!("{:?}", t.end), labels)
                 }
                 Err(error) => {
-                    let labels = labels.with_flag("CONNECT");
-                    proxy.metrics.failed.get_or_create(&labels).inc();
+                    let labels = record.count_failed(labels, "CONNECT");
                     hbone::copy::reset_tcp(&downstream);
                     (0, 0, format!("connect to {target}: {error}"), labels)
                 }
             }
         }
     };
-    proxy.metrics.sockets_open.dec();
-    proxy.metrics.closed.get_or_create(&labels).inc();
-    proxy.metrics.sent_bytes.get_or_create(&labels).inc_by(sent);
-    proxy
-        .metrics
-        .received_bytes
-        .get_or_create(&labels)
-        .inc_by(received);
-    log(peer, dst, &labels, started, sent, received, &outcome);
-}
-
-fn log(
-    src: SocketAddr,
-    dst: SocketAddr,
-    labels: &TrafficLabels,
-    started: Instant,
-    sent: u64,
-    received: u64,
-    outcome: &str,
-) {
-    AccessLog {
-        direction: "outbound",
-        src,
-        dst,
-        labels,
-        started,
-        bytes_sent: sent,
-        bytes_received: received,
-        outcome,
-    }
-    .emit();
+    record.closed(&labels, sent, received, &outcome);
 }
 
 fn request_headers(

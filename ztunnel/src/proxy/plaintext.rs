@@ -4,14 +4,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use mesh_core::drain::DrainWatcher;
 use mesh_core::hbone::copy::reset_tcp;
 use tokio::net::TcpStream;
 
 use super::route::ILLEGAL_PORTS;
-use super::{AccessLog, Proxy};
+use super::{Proxy, Record};
 use crate::authz::{self, Connection};
 use crate::capture;
 use crate::metrics::{Endpoints, Reporter, TrafficLabels};
@@ -22,7 +21,6 @@ pub async fn handle(
     peer: SocketAddr,
     drain: DrainWatcher,
 ) {
-    let started = Instant::now();
     let Ok(target) = capture::original_destination(&downstream) else {
         return;
     };
@@ -34,6 +32,7 @@ pub async fn handle(
         reset_tcp(&downstream);
         return;
     };
+    let record = Record::new(&proxy.metrics, "inbound-plaintext", peer, target);
     let state = proxy.state.load();
     let source = state.workload_by_ip(peer.ip()).cloned();
     let labels = TrafficLabels::new(
@@ -64,72 +63,19 @@ pub async fn handle(
         Some(_) => None,
     };
     if let Some(reason) = refusal {
-        let labels = labels.with_flag("DENY");
-        proxy.metrics.failed.get_or_create(&labels).inc();
-        log(peer, target, &labels, started, 0, 0, &reason);
+        record.failed(labels, "DENY", &reason);
         reset_tcp(&downstream);
         return;
     }
     let mut upstream = match capture::connect(target, proxy.mark, proxy.connect_timeout).await {
         Ok(s) => s,
         Err(error) => {
-            let labels = labels.with_flag("CONNECT");
-            proxy.metrics.failed.get_or_create(&labels).inc();
-            log(
-                peer,
-                target,
-                &labels,
-                started,
-                0,
-                0,
-                &format!("connect to the app: {error}"),
-            );
+            record.failed(labels, "CONNECT", &format!("connect to the app: {error}"));
             reset_tcp(&downstream);
             return;
         }
     };
-    proxy.metrics.opened.get_or_create(&labels).inc();
+    record.opened(&labels);
     let t = super::plain::splice(&mut downstream, &mut upstream, &drain).await;
-    proxy.metrics.closed.get_or_create(&labels).inc();
-    proxy
-        .metrics
-        .received_bytes
-        .get_or_create(&labels)
-        .inc_by(t.a_to_b);
-    proxy
-        .metrics
-        .sent_bytes
-        .get_or_create(&labels)
-        .inc_by(t.b_to_a);
-    log(
-        peer,
-        target,
-        &labels,
-        started,
-        t.b_to_a,
-        t.a_to_b,
-        &format!("{:?}", t.end),
-    );
-}
-
-fn log(
-    src: SocketAddr,
-    dst: SocketAddr,
-    labels: &TrafficLabels,
-    started: Instant,
-    sent: u64,
-    received: u64,
-    outcome: &str,
-) {
-    AccessLog {
-        direction: "inbound-plaintext",
-        src,
-        dst,
-        labels,
-        started,
-        bytes_sent: sent,
-        bytes_received: received,
-        outcome,
-    }
-    .emit();
+    record.closed(&labels, t.b_to_a, t.a_to_b, &format!("{:?}", t.end));
 }
