@@ -86,10 +86,11 @@ async fn tunnel_carries_traffic_with_identities(ipv6: bool) -> Result<()> {
         1.0,
         "{client}"
     );
-    assert!(
-        mesh.log("server").contains("connection complete"),
-        "an access-log line per connection"
-    );
+    // Exactly one access-log line per connection, on each side.
+    for side in ["server", "client"] {
+        let lines = mesh.log(side).matches("connection complete").count();
+        assert_eq!(lines, 1, "{side} access log: {}", mesh.log(side));
+    }
     Ok(())
 }
 

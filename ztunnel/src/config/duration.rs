@@ -27,7 +27,7 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     };
     // Anything longer than ten years is a typo, and huge values would overflow.
     const MAX_SECS: f64 = 10.0 * 365.0 * 86400.0;
-    if !secs.is_finite() || secs < 0.0 || secs > MAX_SECS {
+    if !secs.is_finite() || !(0.0..=MAX_SECS).contains(&secs) {
         return Err(format!(
             "duration {s:?} is out of range (at most ten years)"
         ));
