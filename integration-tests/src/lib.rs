@@ -307,9 +307,21 @@ fn start_ztunnel(ns: &Netns, bin: &str, dir: &Path, side: &str) -> Result<ChildG
 
 /// A minimal HTTP/1.1 GET from inside a namespace.
 pub async fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_request(ns, addr, "GET", path).await
+}
+
+/// A minimal HTTP/1.1 request without a body from inside a namespace.
+pub async fn http_request(
+    ns: &Netns,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String)> {
     let mut s = ns.tcp_connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf).into_owned();
