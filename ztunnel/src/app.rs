@@ -162,8 +162,6 @@ impl App {
 
         certs.prefetch(&local.identity).await?;
         drop(cert_ready);
-        // Start renewal for the prefetched certificate.
-        certs.get(&local.identity).await?;
 
         let (trigger, watcher) = drain::channel();
         let shutdown = Shutdown(Arc::new(watch::channel(false).0));

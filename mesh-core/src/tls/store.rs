@@ -137,8 +137,9 @@ impl CertStore {
     ) -> Result<Arc<WorkloadCertificate>, TlsError> {
         let cert = Arc::new(self.source.fetch(identity).await?);
         self.check_identity(identity, &cert)?;
-        let entry = self.entry(identity);
-        entry.current.store(Some(cert.clone()));
+        // The entry starts with this certificate, so its renewal task waits
+        // for half-life instead of fetching again.
+        let entry = self.entry_with(identity, Some(cert.clone()));
         entry.changed.send_modify(|v| *v += 1);
         Ok(cert)
     }
@@ -183,12 +184,25 @@ impl CertStore {
     }
 
     fn entry(self: &Arc<Self>, identity: &Identity) -> Arc<Entry> {
+        self.entry_with(identity, None)
+    }
+
+    /// The entry for `identity`, created (with `initial` as its certificate and
+    /// its renewal task started) if absent; an existing entry takes `initial`.
+    fn entry_with(
+        self: &Arc<Self>,
+        identity: &Identity,
+        initial: Option<Arc<WorkloadCertificate>>,
+    ) -> Arc<Entry> {
         let mut entries = lock(&self.entries);
         if let Some(e) = entries.get(identity) {
+            if initial.is_some() {
+                e.current.store(initial);
+            }
             return e.clone();
         }
         let entry = Arc::new(Entry {
-            current: ArcSwapOption::empty(),
+            current: ArcSwapOption::new(initial),
             changed: watch::channel(0).0,
             task: Mutex::new(None),
         });
@@ -329,6 +343,42 @@ mod tests {
         let id: Identity = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
         let err = src.fetch(&id).await.unwrap_err().to_string();
         assert!(err.contains("spiffe://cluster.local/ns/a/sa/b"), "{err}");
+    }
+
+    /// Counts fetches of a valid certificate.
+    #[derive(Debug)]
+    struct Counting {
+        ca: CertificateAuthority,
+        fetches: std::sync::atomic::AtomicUsize,
+    }
+
+    impl CertificateSource for Counting {
+        fn fetch(&self, id: &Identity) -> BoxFuture<'_, Result<WorkloadCertificate, TlsError>> {
+            self.fetches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let c = self.ca.issue(id, Duration::from_secs(3600));
+            Box::pin(async move { c })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prefetch_starts_renewal_without_fetching_twice() {
+        let ca = CertificateAuthority::generate("test").unwrap();
+        let roots = Arc::new(TrustBundle::new(vec![ca.root_der().clone()]).unwrap());
+        let src = Arc::new(Counting {
+            ca,
+            fetches: Default::default(),
+        });
+        let store = CertStore::new(src.clone(), roots);
+        let id: Identity = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        store.prefetch(&id).await.unwrap();
+        // Let the renewal task run; it must wait for half-life, not fetch.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(src.fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(store.current(&id).is_some());
     }
 
     #[tokio::test]
