@@ -65,7 +65,11 @@ pub struct Endpoint {
 pub struct State {
     workloads: HashMap<String, Arc<WorkloadEntry>>,
     by_ip: HashMap<IpAddr, Arc<WorkloadEntry>>,
+    /// `(namespace, name)`; the smallest uid wins when several share a name.
+    by_name: HashMap<(String, String), Arc<WorkloadEntry>>,
     services: HashMap<String, Arc<Service>>,
+    /// The first listed service of each hostname.
+    by_hostname: HashMap<String, Arc<Service>>,
     by_vip: HashMap<IpAddr, Vec<Arc<Service>>>,
     endpoints: HashMap<String, Vec<Endpoint>>,
     policies: HashMap<String, Arc<Authorization>>,
@@ -103,6 +107,9 @@ impl State {
             for vip in &svc.addresses {
                 s.by_vip.entry(*vip).or_default().push(svc.clone());
             }
+            s.by_hostname
+                .entry(svc.hostname.clone())
+                .or_insert_with(|| svc.clone());
             s.services
                 .insert(format!("{}/{}", svc.namespace, svc.hostname), svc);
         }
@@ -136,6 +143,10 @@ impl State {
                         ports: ports.clone(),
                     });
             }
+            let key = (w.namespace.clone(), w.name.clone());
+            if s.by_name.get(&key).is_none_or(|e| w.uid < e.spec.uid) {
+                s.by_name.insert(key, entry.clone());
+            }
             s.workloads.insert(w.uid.clone(), entry);
         }
         for p in policies {
@@ -151,13 +162,11 @@ impl State {
 
     /// The workload named `namespace/name` (the one a dedicated ztunnel serves).
     pub fn workload_named(&self, namespace: &str, name: &str) -> Option<&Arc<WorkloadEntry>> {
-        let mut found: Vec<_> = self
-            .workloads
-            .values()
-            .filter(|w| w.spec.namespace == namespace && w.spec.name == name)
-            .collect();
-        found.sort_by(|a, b| a.spec.uid.cmp(&b.spec.uid));
-        found.into_iter().next()
+        self.by_name.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn service_by_hostname(&self, hostname: &str) -> Option<&Arc<Service>> {
+        self.by_hostname.get(hostname)
     }
 
     /// The service for a VIP as seen from a client namespace: the client's own
@@ -220,5 +229,49 @@ impl StateStore {
 
     pub fn replace(&self, state: State) {
         self.current.store(Arc::new(state));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_and_hostname_lookups_are_indexed_and_deterministic() {
+        let c = crate::config::Config::parse(
+            "
+proxy:
+  workload: default/server
+  certificates: {ca: {cert: r, key: k}}
+workloads:
+- {uid: b-uid, name: server, namespace: default, addresses: [10.0.0.3]}
+- {uid: a-uid, name: server, namespace: default, addresses: [10.0.0.2]}
+- {name: server, namespace: other, addresses: [10.0.0.4]}
+services:
+- {name: echo, namespace: default, addresses: [10.96.0.1], ports: [{servicePort: 80}]}
+",
+        )
+        .unwrap();
+        let s = State::from_config(&c).unwrap();
+        // Several workloads share a name: the smallest uid, whatever the order listed.
+        assert_eq!(
+            s.workload_named("default", "server").unwrap().spec.uid,
+            "a-uid"
+        );
+        assert_eq!(
+            s.workload_named("other", "server").unwrap().spec.addresses,
+            vec!["10.0.0.4".parse::<IpAddr>().unwrap()]
+        );
+        assert!(s.workload_named("default", "nobody").is_none());
+        assert_eq!(
+            s.service_by_hostname("echo.default.svc.cluster.local")
+                .unwrap()
+                .name,
+            "echo"
+        );
+        assert!(
+            s.service_by_hostname("echo.other.svc.cluster.local")
+                .is_none()
+        );
     }
 }

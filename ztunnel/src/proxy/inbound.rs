@@ -47,7 +47,7 @@ impl Handler for Inbound {
             .get("forwarded")
             .and_then(|v| v.to_str().ok())
             .and_then(hbone::headers::forwarded_host)
-            .and_then(|h| state.services().find(|s| s.hostname == h).cloned());
+            .and_then(|h| state.service_by_hostname(h).cloned());
         let record = Record::new(&proxy.metrics, "inbound", peer.addr, target);
         let labels = TrafficLabels::new(
             Reporter::destination,
