@@ -361,7 +361,7 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn prefetch_starts_renewal_without_fetching_twice() {
         let ca = CertificateAuthority::generate("test").unwrap();
         let roots = Arc::new(TrustBundle::new(vec![ca.root_der().clone()]).unwrap());
@@ -372,11 +372,9 @@ mod tests {
         let store = CertStore::new(src.clone(), roots);
         let id: Identity = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
         store.prefetch(&id).await.unwrap();
-        // Let the renewal task run; it must wait for half-life, not fetch.
-        for _ in 0..50 {
-            tokio::task::yield_now().await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Paused time: the renewal task runs its first step during this second,
+        // and must be waiting for half-life (30 minutes), not fetching.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(src.fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(store.current(&id).is_some());
     }
