@@ -1,6 +1,6 @@
 //! Compiles `proto/**/*.proto` with protox (pure Rust, no system `protoc`) and
-//! generates message types with prost-build. Services are left in the .proto
-//! files but no service code is generated.
+//! generates message types with prost-build and gRPC clients and servers with
+//! tonic-prost-build (the delta ADS and Istio CA services).
 
 use std::path::{Path, PathBuf};
 
@@ -29,7 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Well-known types (google/protobuf/*.proto) are built into protox.
     let fds = protox::compile(&files, [PROTO_DIR])?;
 
-    // prost-build maps `.google.protobuf` to `::prost_types` by default.
-    prost_build::Config::new().compile_fds(fds)?;
+    // `.google.protobuf` maps to `::prost_types` by default.
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -1,0 +1,1 @@
+//! The CA: `istio.v1.auth.IstioCertificateService/CreateCertificate`.

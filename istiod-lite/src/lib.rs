@@ -1,0 +1,10 @@
+//! istiod-lite: Ambit's control plane. A registry of Kubernetes-shaped
+//! resources (`registry`, filled from a watched directory or the Kubernetes
+//! API), a pure translation to workload xDS (`translate`), a delta ADS server
+//! (`xds`) and a CA (`ca`) on one TLS port.
+
+pub mod ca;
+pub mod model;
+pub mod registry;
+pub mod translate;
+pub mod xds;

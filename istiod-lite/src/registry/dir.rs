@@ -1,0 +1,1 @@
+//! The directory source: Kubernetes YAML files in a directory tree, watched live.
