@@ -209,6 +209,22 @@ impl fmt::Display for Kind {
     }
 }
 
+/// A status condition istiod-lite reports on an object (Kubernetes
+/// `metav1.Condition` shape), e.g. why a policy is enforced more strictly at
+/// L4 than written. Sources write these back: the status subresource on
+/// Kubernetes, a status file beside the object's file in directory mode.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectCondition {
+    pub object: ObjectKey,
+    /// CamelCase condition type, e.g. `Accepted`, `PartiallyEnforced`.
+    pub type_: String,
+    pub status: bool,
+    /// CamelCase machine-readable reason.
+    pub reason: String,
+    /// Plain words for the user.
+    pub message: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

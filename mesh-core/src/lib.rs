@@ -5,6 +5,7 @@
 //! (routing, policy, translation) live here.
 
 pub mod admin;
+pub mod control;
 pub mod drain;
 pub mod hbone;
 pub mod identity;
