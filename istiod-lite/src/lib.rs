@@ -3,6 +3,7 @@
 //! API), a pure translation to workload xDS (`translate`), a delta ADS server
 //! (`xds`) and a CA (`ca`) on one TLS port.
 
+pub mod auth;
 pub mod ca;
 pub mod model;
 pub mod registry;
