@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod control;
 pub mod drain;
+pub mod duration;
 pub mod hbone;
 pub mod identity;
 pub mod readiness;

@@ -5,35 +5,7 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
-pub fn parse(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s, 10m or 24h"))?;
-    let secs = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "duration {s:?}: unknown unit {unit:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    // Anything longer than ten years is a typo, and huge values would overflow.
-    const MAX_SECS: f64 = 10.0 * 365.0 * 86400.0;
-    if !secs.is_finite() || !(0.0..=MAX_SECS).contains(&secs) {
-        return Err(format!(
-            "duration {s:?} is out of range (at most ten years)"
-        ));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?} is out of range"))
-}
+pub use mesh_core::duration::parse;
 
 impl<'de> serde::Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
