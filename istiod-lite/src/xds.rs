@@ -18,7 +18,7 @@ pub use delta::{Delta, Subscription, diff};
 pub use info::{ClientInfo, TypeInfo};
 pub use metrics::XdsMetrics;
 pub use publish::{DEFAULT_DEBOUNCE, DEFAULT_MAX_DELAY, publish};
-pub use server::XdsServer;
+pub use server::{ConnectedClients, XdsServer};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

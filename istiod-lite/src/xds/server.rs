@@ -28,10 +28,30 @@ const MAX_MESSAGE_BYTES: usize = 200 * 1024 * 1024;
 /// is never the limit in practice.
 const STREAM_BUFFER: usize = 16;
 
-/// The delta ADS service. Cheap to clone.
+/// The delta ADS service. Cheap to clone. It holds the drain open until it
+/// is dropped (with the tonic server that serves it); give admin handlers a
+/// [`ConnectedClients`] instead of a clone.
 #[derive(Clone, Debug)]
 pub struct XdsServer {
     inner: Arc<Inner>,
+}
+
+/// The connected streams, for `/debug/clients`. Does not hold the drain open.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectedClients {
+    map: Arc<Mutex<BTreeMap<u64, ClientInfo>>>,
+}
+
+impl ConnectedClients {
+    /// Every connected stream and what it was sent, by stream id.
+    pub fn list(&self) -> Vec<ClientInfo> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientInfo>> {
+        // The map holds plain data, valid even if a writer panicked.
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[derive(Debug)]
@@ -40,7 +60,7 @@ struct Inner {
     auth: Option<Arc<dyn Authenticate>>,
     metrics: Arc<XdsMetrics>,
     drain: DrainWatcher,
-    clients: Mutex<BTreeMap<u64, ClientInfo>>,
+    clients: ConnectedClients,
     next_stream: AtomicU64,
     /// Random per server instance, so nonces of a previous instance never
     /// match ours.
@@ -63,7 +83,7 @@ impl XdsServer {
                 auth,
                 metrics,
                 drain,
-                clients: Mutex::new(BTreeMap::new()),
+                clients: ConnectedClients::default(),
                 next_stream: AtomicU64::new(1),
                 nonce_prefix: format!("{:08x}", rand::random::<u32>()),
                 next_nonce: AtomicU64::new(1),
@@ -80,16 +100,16 @@ impl XdsServer {
 
     /// Every connected stream and what it was sent.
     pub fn clients(&self) -> Vec<ClientInfo> {
-        self.inner.clients_map().values().cloned().collect()
+        self.inner.clients.list()
+    }
+
+    /// A handle on the connected streams that outlives the server.
+    pub fn connected_clients(&self) -> ConnectedClients {
+        self.inner.clients.clone()
     }
 }
 
 impl Inner {
-    fn clients_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientInfo>> {
-        // The map holds plain data, valid even if a writer panicked.
-        self.clients.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn nonce(&self) -> String {
         let n = self.next_nonce.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.nonce_prefix)
@@ -200,7 +220,7 @@ impl ClientStream {
             }
             self.publish_info();
         }
-        self.inner.clients_map().remove(&self.stream_id);
+        self.inner.clients.lock().remove(&self.stream_id);
         self.inner.metrics.clients.dec();
         tracing::debug!(stream_id = self.stream_id, "xDS stream closed");
     }
@@ -303,6 +323,6 @@ impl ClientStream {
             self.connected_since,
             &self.state,
         );
-        self.inner.clients_map().insert(self.stream_id, info);
+        self.inner.clients.lock().insert(self.stream_id, info);
     }
 }
