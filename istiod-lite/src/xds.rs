@@ -12,13 +12,15 @@ mod info;
 mod metrics;
 mod publish;
 mod server;
+mod service;
 
-pub use client::{ClientState, RequestOutcome};
+pub use client::{ClientState, MAX_TYPES_PER_CLIENT, NodeInfo, RequestError, RequestOutcome};
 pub use delta::{Delta, Subscription, diff};
 pub use info::{ClientInfo, TypeInfo};
 pub use metrics::XdsMetrics;
 pub use publish::{DEFAULT_DEBOUNCE, DEFAULT_MAX_DELAY, publish};
 pub use server::{ConnectedClients, XdsServer};
+pub use service::AdsService;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -622,3 +622,72 @@ async fn requests_without_a_type_end_the_stream_with_a_clear_error() -> Result<(
     assert!(status.message().contains("type_url"), "{status:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn clients_wait_for_the_first_published_snapshot() -> Result<()> {
+    // Not published yet: a reconnecting client must not be told that
+    // everything it has is gone.
+    let h = Harness::start(Snapshot::default(), None).await?;
+    let mut c = h.connect(None).await?;
+    c.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE_URL.into(),
+        initial_resource_versions: [("u1".to_string(), "0123456789abcdef".to_string())].into(),
+        ..Default::default()
+    })
+    .await?;
+    eventually("the client is connected", PATIENCE, || async {
+        match h.clients.list().len() {
+            1 => Ok(()),
+            n => bail!("{n} clients"),
+        }
+    })
+    .await?;
+    h.publish(snapshot(&[("u1", "a")]));
+    let first = c.recv_type(ADDRESS_TYPE_URL).await?;
+    assert_eq!(names(&first), ["u1"]);
+    assert!(first.removed_resources.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_types_are_answered_empty_and_counted_as_other() -> Result<()> {
+    const UNKNOWN: &str = "type.googleapis.com/example.NotServed";
+    let h = Harness::start(snapshot(&[("u1", "a")]), None).await?;
+    let mut c = h.connect(None).await?;
+    c.subscribe_wildcard(UNKNOWN).await?;
+    let r = c.recv_type(UNKNOWN).await?;
+    assert!(r.resources.is_empty() && r.removed_resources.is_empty());
+    assert_eq!(h.metric("istiod_xds_pushes_total{type_url=\"other\"}"), 1.0);
+    let json = h.clients.to_json();
+    assert_eq!(json[0]["types"][UNKNOWN]["wildcard"], true, "{json}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn state_of_the_world_ads_is_refused_with_a_clear_message() -> Result<()> {
+    let h = Harness::start(snapshot(&[("u1", "a")]), None).await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr))?
+        .connect()
+        .await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let codec = tonic_prost::ProstCodec::<DeltaDiscoveryRequest, DeltaDiscoveryResponse>::default();
+    let path = http::uri::PathAndQuery::from_static(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+    );
+    let refused = grpc
+        .unary(
+            tonic::Request::new(DeltaDiscoveryRequest::default()),
+            path,
+            codec,
+        )
+        .await
+        .err()
+        .context("state-of-the-world ADS was served")?;
+    assert_eq!(refused.code(), tonic::Code::Unimplemented);
+    assert!(
+        refused.message().contains("DeltaAggregatedResources"),
+        "{refused:?}"
+    );
+    Ok(())
+}

@@ -369,6 +369,48 @@ mod tests {
     }
 
     #[test]
+    fn types_the_server_does_not_know_are_answered_empty() {
+        let mut c = ClientState::default();
+        c.on_request(&request(|r| {
+            r.type_url = "type.googleapis.com/some.Other".into()
+        }))
+        .unwrap();
+        let r = c.responses(&snapshot(&[("a", "1")]), nonces());
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].type_url, "type.googleapis.com/some.Other");
+        assert!(r[0].resources.is_empty());
+    }
+
+    #[test]
+    fn the_node_of_the_first_request_is_kept() {
+        use prost_types::{Struct, Value, value::Kind};
+        let mut c = ClientState::default();
+        let node = |id: &str| mesh_api::envoy::config::core::v3::Node {
+            id: id.into(),
+            cluster: "c".into(),
+            metadata: Some(Struct {
+                fields: [(
+                    "NODE_NAME".to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue("node-1".into())),
+                    },
+                )]
+                .into(),
+            }),
+        };
+        c.on_request(&request(|r| r.node = Some(node("first"))))
+            .unwrap();
+        c.on_request(&request(|r| {
+            r.type_url = "other".into();
+            r.node = Some(node("second"));
+        }))
+        .unwrap();
+        let n = c.node.as_ref().unwrap();
+        assert_eq!(n.id, "first");
+        assert_eq!(n.metadata["NODE_NAME"], "node-1");
+    }
+
+    #[test]
     fn nothing_is_sent_before_a_snapshot_is_published() {
         let mut c = ClientState::default();
         c.on_request(&request(|_| {})).unwrap();

@@ -20,6 +20,7 @@ use super::Snapshot;
 use super::client::{ClientState, RequestOutcome};
 use super::info::ClientInfo;
 use super::metrics::{TypeLabels, XdsMetrics};
+use super::service::AdsService;
 use crate::auth::Authenticate;
 
 /// Largest request accepted, as in the spec's client limits.
@@ -46,6 +47,13 @@ impl ConnectedClients {
     /// Every connected stream and what it was sent, by stream id.
     pub fn list(&self) -> Vec<ClientInfo> {
         self.lock().values().cloned().collect()
+    }
+
+    /// The `/debug/clients` body.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.list()).unwrap_or_else(
+            |e| serde_json::json!({ "error": format!("could not describe the clients: {e}") }),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientInfo>> {
@@ -92,10 +100,12 @@ impl XdsServer {
     }
 
     /// The tonic service, with the spec's message size limit.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(
+            AggregatedDiscoveryServiceServer::new(self)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
     }
 
     /// Every connected stream and what it was sent.
