@@ -192,7 +192,7 @@ type Outbox = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
 impl ClientStream {
     async fn run(mut self, mut requests: Streaming<DeltaDiscoveryRequest>, tx: Outbox) {
-        self.inner.metrics.clients.inc();
+        let _registered = Registered::new(&self.inner, self.stream_id);
         self.publish_info();
         let mut snapshots = self.inner.snapshots.clone();
         let mut publisher_alive = true;
@@ -230,8 +230,6 @@ impl ClientStream {
             }
             self.publish_info();
         }
-        self.inner.clients.lock().remove(&self.stream_id);
-        self.inner.metrics.clients.dec();
         tracing::debug!(stream_id = self.stream_id, "xDS stream closed");
     }
 
@@ -334,5 +332,29 @@ impl ClientStream {
             &self.state,
         );
         self.inner.clients.lock().insert(self.stream_id, info);
+    }
+}
+
+/// A stream counted in the gauge and listed in the clients; undone on drop,
+/// so a stream task that ends in any way leaves nothing behind.
+struct Registered {
+    inner: Arc<Inner>,
+    stream_id: u64,
+}
+
+impl Registered {
+    fn new(inner: &Arc<Inner>, stream_id: u64) -> Self {
+        inner.metrics.clients.inc();
+        Registered {
+            inner: inner.clone(),
+            stream_id,
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.inner.clients.lock().remove(&self.stream_id);
+        self.inner.metrics.clients.dec();
     }
 }
