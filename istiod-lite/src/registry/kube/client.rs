@@ -29,7 +29,7 @@ pub enum ClientError {
     Build {
         cluster_url: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -47,7 +47,7 @@ pub fn client_from_config(config: kube::Config) -> Result<kube::Client, ClientEr
     let cluster_url = config.cluster_url.to_string();
     kube::Client::try_from(config).map_err(|source| ClientError::Build {
         cluster_url,
-        source,
+        source: Box::new(source),
     })
 }
 

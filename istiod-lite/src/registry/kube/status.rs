@@ -44,7 +44,7 @@ impl StatusPatch {
 pub struct StatusError {
     pub object: ObjectKey,
     #[source]
-    pub source: kube::Error,
+    pub source: Box<kube::Error>,
 }
 
 /// Groups conditions per object and drops objects whose conditions are what
@@ -115,7 +115,7 @@ pub async fn write(client: &kube::Client, patch: &StatusPatch) -> Result<(), Sta
     .map(drop)
     .map_err(|source| StatusError {
         object: patch.object.clone(),
-        source,
+        source: Box::new(source),
     })
 }
 

@@ -1,0 +1,673 @@
+//! An in-process Kubernetes API server speaking the real HTTP protocol, for
+//! testing the kube source with kube-rs's own client: list (cluster-wide and
+//! per namespace) with `resourceVersion` in the list metadata; watch as a
+//! chunked stream of newline-delimited JSON events replayed from a history,
+//! with bookmarks; 410 Gone as an `ERROR` event when a watch asks for a
+//! version older than the kept history (or on command); 404 for kinds not
+//! installed; merge patches on the status subresource, recorded.
+//!
+//! Plain HTTP on loopback: what is under test is the watch protocol, not TLS.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+type Body = BoxBody<Bytes, io::Error>;
+type Chunk = Result<Frame<Bytes>, io::Error>;
+
+/// One kind the server serves.
+#[derive(Clone, Debug)]
+pub struct ResourceType {
+    /// `/api/v1` or `/apis/{group}/{version}`.
+    pub prefix: String,
+    pub plural: String,
+    pub api_version: String,
+    pub kind: String,
+    pub namespaced: bool,
+}
+
+impl ResourceType {
+    /// The cluster-wide collection path, e.g. `/api/v1/pods`; also the key
+    /// the test controls use.
+    pub fn collection(&self) -> String {
+        format!("{}/{}", self.prefix, self.plural)
+    }
+}
+
+/// A PATCH the server received.
+#[derive(Clone, Debug)]
+pub struct RecordedPatch {
+    pub path: String,
+    pub content_type: String,
+    pub body: Value,
+}
+
+/// The server's objects and open watches; test controls act on it under
+/// one lock, so a group of changes is atomic with respect to watchers.
+pub struct ApiState {
+    revision: u64,
+    /// Watches asking for a version below this get 410 Gone.
+    history_floor: u64,
+    collections: BTreeMap<String, Collection>,
+    watches: Vec<OpenWatch>,
+    list_calls: HashMap<String, usize>,
+    watch_versions: HashMap<String, Vec<String>>,
+    patches: Vec<RecordedPatch>,
+}
+
+struct Collection {
+    resource: ResourceType,
+    /// By (namespace, name).
+    objects: BTreeMap<(String, String), Value>,
+    history: Vec<HistoryEntry>,
+}
+
+struct HistoryEntry {
+    revision: u64,
+    namespace: String,
+    line: Bytes,
+}
+
+struct OpenWatch {
+    collection: String,
+    namespace: Option<String>,
+    tx: mpsc::UnboundedSender<Chunk>,
+}
+
+impl ApiState {
+    /// Starts serving a kind (as if its CRD were installed).
+    pub fn install(&mut self, resource: ResourceType) {
+        self.collections
+            .entry(resource.collection())
+            .or_insert_with(|| Collection {
+                resource,
+                objects: BTreeMap::new(),
+                history: Vec::new(),
+            });
+    }
+
+    /// Creates or replaces an object (found by its apiVersion and kind),
+    /// stamping a new resourceVersion; open watches see ADDED or MODIFIED.
+    pub fn apply(&mut self, mut object: Value) {
+        let collection = self.collection_of(&object);
+        self.revision += 1;
+        let revision = self.revision.to_string();
+        let metadata = object["metadata"]
+            .as_object_mut()
+            .expect("object without metadata");
+        metadata.insert("resourceVersion".into(), revision.into());
+        let namespace = metadata
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let name = metadata["name"]
+            .as_str()
+            .expect("object without name")
+            .to_string();
+        let objects = &mut self.collections.get_mut(&collection).unwrap().objects;
+        let type_ = match objects.insert((namespace, name), object.clone()) {
+            Some(_) => "MODIFIED",
+            None => "ADDED",
+        };
+        self.record(&collection, type_, object);
+    }
+
+    /// Deletes an object; open watches see DELETED. Returns whether it existed.
+    pub fn delete(&mut self, api_version: &str, kind: &str, namespace: &str, name: &str) -> bool {
+        let collection = self.collection_of(&json!({"apiVersion": api_version, "kind": kind}));
+        let objects = &mut self.collections.get_mut(&collection).unwrap().objects;
+        let Some(mut object) = objects.remove(&(namespace.to_string(), name.to_string())) else {
+            return false;
+        };
+        self.revision += 1;
+        object["metadata"]["resourceVersion"] = self.revision.to_string().into();
+        self.record(&collection, "DELETED", object);
+        true
+    }
+
+    /// Forgets the watch history: a watch from any earlier version gets
+    /// 410 Gone, as after an etcd compaction.
+    pub fn expire_history(&mut self) {
+        self.history_floor = self.revision;
+        for collection in self.collections.values_mut() {
+            collection.history.clear();
+        }
+    }
+
+    /// Cuts every open watch connection mid-stream (no final chunk).
+    pub fn drop_watches(&mut self) {
+        for watch in self.watches.drain(..) {
+            let _ = watch.tx.send(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "dropped by test",
+            )));
+        }
+    }
+
+    /// Ends every open watch cleanly, as the server's watch timeout does.
+    pub fn close_watches(&mut self) {
+        self.watches.clear();
+    }
+
+    /// Sends a 410 Gone `ERROR` event on every open watch and ends them.
+    pub fn send_gone(&mut self) {
+        let line = event_line("ERROR", &gone_status());
+        for watch in self.watches.drain(..) {
+            let _ = watch.tx.send(Ok(Frame::data(line.clone())));
+        }
+    }
+
+    /// Sends a BOOKMARK at the current revision on every open watch.
+    pub fn send_bookmarks(&mut self) {
+        let revision = self.revision.to_string();
+        for watch in &self.watches {
+            let resource = &self.collections[&watch.collection].resource;
+            let bookmark = json!({"apiVersion": resource.api_version, "kind": resource.kind,
+                                  "metadata": {"resourceVersion": revision}});
+            let _ = watch
+                .tx
+                .send(Ok(Frame::data(event_line("BOOKMARK", &bookmark))));
+        }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn collection_of(&self, object: &Value) -> String {
+        let (api_version, kind) = (&object["apiVersion"], &object["kind"]);
+        self.collections
+            .iter()
+            .find(|(_, c)| c.resource.api_version == *api_version && c.resource.kind == *kind)
+            .map(|(path, _)| path.clone())
+            .unwrap_or_else(|| panic!("{api_version} {kind} is not installed"))
+    }
+
+    fn record(&mut self, collection: &str, type_: &str, object: Value) {
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let line = event_line(type_, &object);
+        self.watches.retain(|watch| {
+            if watch.collection != collection
+                || watch.namespace.as_ref().is_some_and(|ns| *ns != namespace)
+            {
+                return true;
+            }
+            watch.tx.send(Ok(Frame::data(line.clone()))).is_ok()
+        });
+        self.collections
+            .get_mut(collection)
+            .unwrap()
+            .history
+            .push(HistoryEntry {
+                revision: self.revision,
+                namespace,
+                line,
+            });
+    }
+}
+
+/// The running server; dropping it closes the listener and every connection.
+pub struct FakeApiServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<ApiState>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeApiServer {
+    pub async fn start(installed: impl IntoIterator<Item = ResourceType>) -> FakeApiServer {
+        let mut state = ApiState {
+            revision: 1,
+            history_floor: 0,
+            collections: BTreeMap::new(),
+            watches: Vec::new(),
+            list_calls: HashMap::new(),
+            watch_versions: HashMap::new(),
+            patches: Vec::new(),
+        };
+        for resource in installed {
+            state.install(resource);
+        }
+        let state = Arc::new(Mutex::new(state));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(accept(listener, state.clone()));
+        FakeApiServer { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs test controls atomically.
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut ApiState) -> T) -> T {
+        f(&mut self.lock())
+    }
+
+    /// Cuts every watch, then runs `f` while no watcher can reconnect: what
+    /// `f` changes happens "while the watch was down".
+    pub fn outage<T>(&self, f: impl FnOnce(&mut ApiState) -> T) -> T {
+        let mut state = self.lock();
+        state.drop_watches();
+        f(&mut state)
+    }
+
+    pub fn apply(&self, object: Value) {
+        self.lock().apply(object)
+    }
+
+    pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> bool {
+        self.lock().delete(api_version, kind, namespace, name)
+    }
+
+    /// List requests served for a collection (404s included).
+    pub fn list_calls(&self, collection: &str) -> usize {
+        self.lock().list_calls.get(collection).copied().unwrap_or(0)
+    }
+
+    /// The `resourceVersion` of every watch request on a collection, in order.
+    pub fn watch_versions(&self, collection: &str) -> Vec<String> {
+        self.lock()
+            .watch_versions
+            .get(collection)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Watches currently streaming from a collection.
+    pub fn open_watches(&self, collection: &str) -> usize {
+        let mut state = self.lock();
+        state.watches.retain(|watch| !watch.tx.is_closed());
+        state
+            .watches
+            .iter()
+            .filter(|watch| watch.collection == collection)
+            .count()
+    }
+
+    pub fn patches(&self) -> Vec<RecordedPatch> {
+        self.lock().patches.clone()
+    }
+
+    /// An object as the server holds it.
+    pub fn object(&self, collection: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .collections
+            .get(collection)?
+            .objects
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ApiState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+async fn accept(listener: TcpListener, state: Arc<Mutex<ApiState>>) {
+    // Owned here so that aborting this task also ends every connection.
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(request, &state).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+/// What a request path names.
+struct Target {
+    collection: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (prefix, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => (format!("/api/{version}"), rest),
+        ["apis", group, version, rest @ ..] => (format!("/apis/{group}/{version}"), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        // `namespaces/{name}/status` is a Namespace's own status.
+        ["namespaces", _, "status"] => (None, rest.to_vec()),
+        ["namespaces", namespace, plural, more @ ..] => {
+            (Some(namespace.to_string()), [&[*plural][..], more].concat())
+        }
+        _ => (None, rest.to_vec()),
+    };
+    let (plural, name, status) = match rest.as_slice() {
+        [plural] => (*plural, None, false),
+        [plural, name] => (*plural, Some(name.to_string()), false),
+        [plural, name, "status"] => (*plural, Some(name.to_string()), true),
+        _ => return None,
+    };
+    Some(Target {
+        collection: format!("{prefix}/{plural}"),
+        namespace,
+        name,
+        status,
+    })
+}
+
+async fn handle(request: Request<Incoming>, state: &Mutex<ApiState>) -> Response<Body> {
+    let Some(target) = parse_path(request.uri().path()) else {
+        return status_response(StatusCode::NOT_FOUND, "NotFound", "no such path");
+    };
+    let query: HashMap<String, String> = request
+        .uri()
+        .query()
+        .map(|q| {
+            url_pairs(q)
+                .into_iter()
+                .collect::<HashMap<String, String>>()
+        })
+        .unwrap_or_default();
+    let method = request.method().clone();
+    if method == Method::PATCH {
+        let content_type = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let path = request.uri().path().to_string();
+        let Ok(body) = request.into_body().collect().await else {
+            return status_response(StatusCode::BAD_REQUEST, "BadRequest", "unreadable body");
+        };
+        let Ok(body) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+            return status_response(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON");
+        };
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        state.patches.push(RecordedPatch {
+            path,
+            content_type: content_type.clone(),
+            body: body.clone(),
+        });
+        return patch(&mut state, &target, &content_type, &body);
+    }
+    if method != Method::GET {
+        return status_response(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "");
+    }
+    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    if target.name.is_none() && !watching {
+        *state
+            .list_calls
+            .entry(target.collection.clone())
+            .or_default() += 1;
+    }
+    let Some(collection) = state.collections.get(&target.collection) else {
+        return status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!(
+                "the server could not find the requested resource {}",
+                target.collection
+            ),
+        );
+    };
+    if target.namespace.is_some() && !collection.resource.namespaced {
+        return status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "not a namespaced resource",
+        );
+    }
+    match (&target.name, watching) {
+        (Some(name), _) => {
+            let key = (target.namespace.clone().unwrap_or_default(), name.clone());
+            match collection.objects.get(&key) {
+                Some(object) => json_response(StatusCode::OK, object),
+                None => status_response(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{name} not found"),
+                ),
+            }
+        }
+        (None, false) => {
+            let items: Vec<&Value> = collection
+                .objects
+                .iter()
+                .filter(|((ns, _), _)| target.namespace.as_ref().is_none_or(|want| want == ns))
+                .map(|(_, object)| object)
+                .collect();
+            let list = json!({
+                "apiVersion": collection.resource.api_version,
+                "kind": format!("{}List", collection.resource.kind),
+                "metadata": {"resourceVersion": state.revision.to_string()},
+                "items": items,
+            });
+            json_response(StatusCode::OK, &list)
+        }
+        (None, true) => {
+            let version = query.get("resourceVersion").cloned().unwrap_or_default();
+            watch(&mut state, target, version)
+        }
+    }
+}
+
+fn watch(state: &mut ApiState, target: Target, version: String) -> Response<Body> {
+    state
+        .watch_versions
+        .entry(target.collection.clone())
+        .or_default()
+        .push(version.clone());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let from = match version.as_str() {
+        "" | "0" => Some(state.revision),
+        v => v.parse::<u64>().ok().filter(|v| *v >= state.history_floor),
+    };
+    let body = StreamBody::new(UnboundedReceiverStream::new(rx)).boxed();
+    let response = Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .unwrap();
+    let Some(from) = from else {
+        // The API server's answer to a too-old version: 200, one ERROR event, end.
+        let _ = tx.send(Ok(Frame::data(event_line("ERROR", &gone_status()))));
+        return response;
+    };
+    let collection = &state.collections[&target.collection];
+    for entry in collection.history.iter().filter(|e| e.revision > from) {
+        if target
+            .namespace
+            .as_ref()
+            .is_none_or(|ns| *ns == entry.namespace)
+        {
+            let _ = tx.send(Ok(Frame::data(entry.line.clone())));
+        }
+    }
+    state.watches.push(OpenWatch {
+        collection: target.collection,
+        namespace: target.namespace,
+        tx,
+    });
+    response
+}
+
+fn patch(
+    state: &mut ApiState,
+    target: &Target,
+    content_type: &str,
+    body: &Value,
+) -> Response<Body> {
+    if content_type != "application/merge-patch+json" {
+        return status_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            content_type,
+        );
+    }
+    let (Some(collection), Some(name)) = (state.collections.get(&target.collection), &target.name)
+    else {
+        return status_response(StatusCode::NOT_FOUND, "NotFound", "no such resource");
+    };
+    let key = (target.namespace.clone().unwrap_or_default(), name.clone());
+    let Some(mut object) = collection.objects.get(&key).cloned() else {
+        return status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{name} not found"),
+        );
+    };
+    let body = if target.status {
+        // The status subresource ignores everything but status.
+        json!({"status": body.get("status").cloned().unwrap_or(Value::Null)})
+    } else {
+        body.clone()
+    };
+    merge_patch(&mut object, &body);
+    state.apply(object.clone());
+    let stored = state.collections[&target.collection].objects[&key].clone();
+    json_response(StatusCode::OK, &stored)
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().unwrap();
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (
+                key.to_string(),
+                value.replace("%2F", "/").replace("%3D", "="),
+            )
+        })
+        .collect()
+}
+
+fn event_line(type_: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn gone_status() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": "too old resource version", "reason": "Expired", "code": 410})
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let body = Full::new(Bytes::from(serde_json::to_vec(value).unwrap()))
+        .map_err(|never| match never {})
+        .boxed();
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .unwrap()
+}
+
+fn status_response(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    json_response(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code.as_u16()}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_collections_namespaces_objects_and_status() {
+        let t = parse_path("/api/v1/pods").unwrap();
+        assert_eq!(
+            (t.collection.as_str(), t.namespace, t.name),
+            ("/api/v1/pods", None, None)
+        );
+        let t = parse_path("/api/v1/namespaces/ns1/pods/p/status").unwrap();
+        assert_eq!(t.collection, "/api/v1/pods");
+        assert_eq!(
+            (t.namespace.as_deref(), t.name.as_deref(), t.status),
+            (Some("ns1"), Some("p"), true)
+        );
+        let t = parse_path("/api/v1/namespaces").unwrap();
+        assert_eq!(
+            (t.collection.as_str(), t.namespace),
+            ("/api/v1/namespaces", None)
+        );
+        let t = parse_path("/api/v1/namespaces/ns1").unwrap();
+        assert_eq!(
+            (t.collection.as_str(), t.name.as_deref()),
+            ("/api/v1/namespaces", Some("ns1"))
+        );
+        let t =
+            parse_path("/apis/security.istio.io/v1/namespaces/a/authorizationpolicies").unwrap();
+        assert_eq!(
+            t.collection,
+            "/apis/security.istio.io/v1/authorizationpolicies"
+        );
+        assert_eq!(t.namespace.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn merge_patch_replaces_lists_and_removes_nulls() {
+        let mut object = json!({"a": 1, "status": {"conditions": [1, 2], "x": 1}});
+        merge_patch(
+            &mut object,
+            &json!({"a": null, "status": {"conditions": [3]}}),
+        );
+        assert_eq!(object, json!({"status": {"conditions": [3], "x": 1}}));
+    }
+}
