@@ -12,12 +12,12 @@
 
 pub mod backoff;
 pub mod client;
+pub mod metrics;
 pub mod resources;
 pub mod status;
 pub mod sync;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use crate::registry::Registry;
 
 pub use backoff::BackoffPolicy;
 pub use client::{ClientError, ClientSource, build_client, client_from_config};
+pub use metrics::KubeSourceMetrics;
 pub use status::StatusError;
 
 use status::ConditionBody;
@@ -43,6 +44,8 @@ pub struct KubeSourceOptions {
     /// The kinds to watch; all of them unless a caller narrows it.
     pub kinds: Vec<Kind>,
     pub backoff: BackoffPolicy,
+    /// Counters to update; register them with `KubeSourceMetrics::register`.
+    pub metrics: KubeSourceMetrics,
 }
 
 impl Default for KubeSourceOptions {
@@ -50,6 +53,7 @@ impl Default for KubeSourceOptions {
         Self {
             kinds: Kind::ALL.to_vec(),
             backoff: BackoffPolicy::default(),
+            metrics: KubeSourceMetrics::default(),
         }
     }
 }
@@ -74,7 +78,7 @@ pub struct KubeSource {
     registry: Registry,
     kinds: Vec<Kind>,
     synced: watch::Receiver<BTreeSet<Kind>>,
-    rejected: Arc<AtomicU64>,
+    metrics: KubeSourceMetrics,
     /// What each object's status was last patched to.
     written: Mutex<HashMap<ObjectKey, Vec<ConditionBody>>>,
     tasks: Vec<JoinHandle<()>>,
@@ -85,7 +89,6 @@ impl KubeSource {
     pub fn start(client: kube::Client, registry: Registry, options: KubeSourceOptions) -> Self {
         let (synced_tx, synced) = watch::channel(BTreeSet::new());
         let synced_tx = Arc::new(synced_tx);
-        let rejected = Arc::new(AtomicU64::new(0));
         let tasks = options
             .kinds
             .iter()
@@ -96,7 +99,7 @@ impl KubeSource {
                     registry: registry.clone(),
                     backoff: options.backoff,
                     synced: synced_tx.clone(),
-                    rejected: rejected.clone(),
+                    metrics: options.metrics.clone(),
                 }))
             })
             .collect();
@@ -105,7 +108,7 @@ impl KubeSource {
             registry,
             kinds: options.kinds,
             synced,
-            rejected,
+            metrics: options.metrics,
             written: Mutex::default(),
             tasks,
         }
@@ -131,9 +134,14 @@ impl KubeSource {
             .await;
     }
 
+    /// The source's counters.
+    pub fn metrics(&self) -> &KubeSourceMetrics {
+        &self.metrics
+    }
+
     /// Objects the API server sent that did not decode as their kind.
     pub fn rejected_objects(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
+        self.metrics.rejected_total()
     }
 
     /// Patches `status.conditions` of every object named in `conditions`
@@ -217,7 +225,7 @@ struct KindWatch {
     registry: Registry,
     backoff: BackoffPolicy,
     synced: Arc<watch::Sender<BTreeSet<Kind>>>,
-    rejected: Arc<AtomicU64>,
+    metrics: KubeSourceMetrics,
 }
 
 async fn watch_kind(task: KindWatch) {
@@ -233,7 +241,9 @@ async fn watch_kind(task: KindWatch) {
         let event = match event {
             Ok(event) => event,
             Err(err) => {
-                log_failure(kind, &err, &mut failures);
+                let failure = WatchFailure::of(&err);
+                task.metrics.failed(kind, failure);
+                log_failure(kind, failure, &err, &mut failures);
                 continue;
             }
         };
@@ -241,18 +251,17 @@ async fn watch_kind(task: KindWatch) {
         let step = sync.on_event(event, &task.registry.snapshot());
         for rejected in &step.rejected {
             tracing::warn!(error = %rejected, "object rejected; its last good state is kept");
+            task.metrics.rejected(kind);
         }
-        task.rejected
-            .fetch_add(step.rejected.len() as u64, Ordering::Relaxed);
         task.registry.apply(step.changes);
         if step.listed {
+            task.metrics.listed(kind);
             task.synced.send_if_modified(|synced| synced.insert(kind));
         }
     }
 }
 
-fn log_failure(kind: Kind, err: &watcher::Error, failures: &mut FailureLog) {
-    let failure = WatchFailure::of(err);
+fn log_failure(kind: Kind, failure: WatchFailure, err: &watcher::Error, failures: &mut FailureLog) {
     if !failures.on_failure(failure) {
         tracing::debug!(%kind, error = %err, "watch still failing; retrying with backoff");
         return;

@@ -464,16 +464,37 @@ async fn handle(request: Request<Incoming>, state: &Mutex<ApiState>) -> Response
             }
         }
         (None, false) => {
-            let items: Vec<&Value> = collection
+            let page = match Page::from_query(&query, state.revision) {
+                Ok(page) => page,
+                Err(message) => {
+                    return status_response(StatusCode::BAD_REQUEST, "BadRequest", &message);
+                }
+            };
+            if page.revision < state.history_floor {
+                return status_response(
+                    StatusCode::GONE,
+                    "Expired",
+                    "the continue token is too old; restart the list",
+                );
+            }
+            let mut items: Vec<(&(String, String), &Value)> = collection
                 .objects
                 .iter()
                 .filter(|((ns, _), _)| target.namespace.as_ref().is_none_or(|want| want == ns))
-                .map(|(_, object)| object)
+                .filter(|(key, _)| page.after.as_ref().is_none_or(|after| *key > after))
+                .take(page.limit.saturating_add(1))
                 .collect();
+            let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+            if items.len() > page.limit {
+                items.truncate(page.limit);
+                let ((ns, name), _) = items[items.len() - 1];
+                metadata["continue"] = format!("{}:{ns}/{name}", page.revision).into();
+            }
+            let items: Vec<&Value> = items.into_iter().map(|(_, object)| object).collect();
             let list = json!({
                 "apiVersion": collection.resource.api_version,
                 "kind": format!("{}List", collection.resource.kind),
-                "metadata": {"resourceVersion": state.revision.to_string()},
+                "metadata": metadata,
                 "items": items,
             });
             json_response(StatusCode::OK, &list)
@@ -482,6 +503,41 @@ async fn handle(request: Request<Incoming>, state: &Mutex<ApiState>) -> Response
             let version = query.get("resourceVersion").cloned().unwrap_or_default();
             watch(&mut state, target, version)
         }
+    }
+}
+
+/// One page of a list: `limit` and `continue` (our token: the revision of
+/// the first page, then the last key served).
+struct Page {
+    limit: usize,
+    revision: u64,
+    after: Option<(String, String)>,
+}
+
+impl Page {
+    fn from_query(query: &HashMap<String, String>, revision: u64) -> Result<Page, String> {
+        let limit = match query.get("limit") {
+            Some(limit) => limit
+                .parse::<usize>()
+                .map_err(|_| format!("bad limit {limit:?}"))?,
+            None => 0,
+        };
+        let limit = if limit == 0 { usize::MAX - 1 } else { limit };
+        let Some(token) = query.get("continue").filter(|t| !t.is_empty()) else {
+            return Ok(Page {
+                limit,
+                revision,
+                after: None,
+            });
+        };
+        let bad = || format!("bad continue token {token:?}");
+        let (revision, key) = token.split_once(':').ok_or_else(bad)?;
+        let (namespace, name) = key.split_once('/').ok_or_else(bad)?;
+        Ok(Page {
+            limit,
+            revision: revision.parse().map_err(|_| bad())?,
+            after: Some((namespace.to_string(), name.to_string())),
+        })
     }
 }
 
@@ -587,12 +643,34 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (
-                key.to_string(),
-                value.replace("%2F", "/").replace("%3D", "="),
-            )
+            (percent_decode(key), percent_decode(value))
         })
         .collect()
+}
+
+/// `application/x-www-form-urlencoded` decoding of one key or value.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn event_line(type_: &str, object: &Value) -> Bytes {
@@ -659,6 +737,19 @@ mod tests {
             "/apis/security.istio.io/v1/authorizationpolicies"
         );
         assert_eq!(t.namespace.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            url_pairs("continue=7%3Ans1%2Fp-9&limit=500&x=a+b"),
+            [
+                ("continue".to_string(), "7:ns1/p-9".to_string()),
+                ("limit".to_string(), "500".to_string()),
+                ("x".to_string(), "a b".to_string()),
+            ]
+        );
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 
     #[test]

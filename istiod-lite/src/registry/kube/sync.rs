@@ -146,6 +146,16 @@ pub enum WatchFailure {
 }
 
 impl WatchFailure {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchFailure::NotInstalled => "not_installed",
+            WatchFailure::Forbidden => "forbidden",
+            WatchFailure::Gone => "gone",
+            WatchFailure::Other => "other",
+        }
+    }
+
     pub fn of(err: &watcher::Error) -> Self {
         let code = match err {
             watcher::Error::InitialListFailed(kube::Error::Api(status))
