@@ -35,7 +35,7 @@ pub use client::{ClientError, ClientSource, build_client, client_from_config};
 pub use metrics::KubeSourceMetrics;
 pub use status::StatusError;
 
-use status::ConditionBody;
+use status::Written;
 use sync::{FailureLog, KindSync, WatchFailure};
 
 /// What the source watches and how it retries.
@@ -80,7 +80,7 @@ pub struct KubeSource {
     synced: watch::Receiver<BTreeSet<Kind>>,
     metrics: KubeSourceMetrics,
     /// What each object's status was last patched to.
-    written: Mutex<HashMap<ObjectKey, Vec<ConditionBody>>>,
+    written: Mutex<HashMap<ObjectKey, Written>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -152,24 +152,23 @@ impl KubeSource {
         &self,
         conditions: &[ObjectCondition],
     ) -> Result<(), KubeSourceError> {
+        let snapshot = self.registry.snapshot();
         let patches = {
-            let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-            status::plan(
-                conditions,
-                &written,
-                &self.registry.snapshot(),
-                &status::now_rfc3339(),
-            )
+            let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            // Deleted objects need no memory of their status.
+            written.retain(|object, _| snapshot.get(object).is_some());
+            status::plan(conditions, &written, &snapshot, &status::now_rfc3339())
         };
         let attempted = patches.len();
         let mut failures = Vec::new();
         for patch in patches {
             match status::write(&self.client, &patch).await {
                 Ok(()) => {
+                    let (object, written) = patch.into();
                     self.written
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(patch.object, patch.conditions);
+                        .insert(object, written);
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "status write failed");

@@ -29,7 +29,27 @@ pub struct ConditionBody {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusPatch {
     pub object: ObjectKey,
+    /// The object's uid as the registry knows it, so a deleted and
+    /// recreated object of the same name is written again.
+    pub uid: Option<String>,
     pub conditions: Vec<ConditionBody>,
+}
+
+/// What an object's status was last patched to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    pub uid: Option<String>,
+    pub conditions: Vec<ConditionBody>,
+}
+
+impl From<StatusPatch> for (ObjectKey, Written) {
+    fn from(patch: StatusPatch) -> Self {
+        let written = Written {
+            uid: patch.uid,
+            conditions: patch.conditions,
+        };
+        (patch.object, written)
+    }
 }
 
 impl StatusPatch {
@@ -53,7 +73,7 @@ pub struct StatusError {
 /// loop. A condition keeps its `lastTransitionTime` while its status holds.
 pub fn plan(
     conditions: &[ObjectCondition],
-    written: &HashMap<ObjectKey, Vec<ConditionBody>>,
+    written: &HashMap<ObjectKey, Written>,
     store: &Store,
     now: &str,
 ) -> Vec<StatusPatch> {
@@ -66,10 +86,15 @@ pub fn plan(
     }
     let mut patches = Vec::new();
     for (object, conditions) in by_object {
-        let previous = written.get(object).map(Vec::as_slice).unwrap_or_default();
-        let generation = store
+        let current = store.get(object);
+        let meta = current.as_ref().map(|current| current.metadata());
+        let uid = meta.and_then(|meta| meta.uid.clone());
+        let generation = meta.and_then(|meta| meta.generation);
+        let previous = written
             .get(object)
-            .and_then(|current| current.metadata().generation);
+            .filter(|written| written.uid == uid)
+            .map(|written| written.conditions.as_slice())
+            .unwrap_or_default();
         let bodies: Vec<ConditionBody> = conditions
             .into_iter()
             .map(|condition| {
@@ -91,6 +116,7 @@ pub fn plan(
         if bodies != previous {
             patches.push(StatusPatch {
                 object: object.clone(),
+                uid,
                 conditions: bodies,
             });
         }
@@ -156,11 +182,16 @@ mod tests {
     }
 
     fn store_with_policy(name: &str, generation: i64) -> Store {
+        store_with_policy_uid(name, generation, "uid-1")
+    }
+
+    fn store_with_policy_uid(name: &str, generation: i64, uid: &str) -> Store {
         let mut store = Store::default();
         store.upsert(
             Object::from_value(
                 Kind::AuthorizationPolicy,
-                json!({"metadata": {"name": name, "namespace": "ns1", "generation": generation}, "spec": {}}),
+                json!({"metadata": {"name": name, "namespace": "ns1", "generation": generation, "uid": uid},
+                       "spec": {}}),
             )
             .unwrap(),
         );
@@ -200,13 +231,20 @@ mod tests {
             &store,
             "T1",
         );
-        let written: HashMap<_, _> = first
-            .into_iter()
-            .map(|patch| (patch.object, patch.conditions))
-            .collect();
+        let written: HashMap<_, _> = first.into_iter().map(Into::into).collect();
         assert!(plan(&[condition("a", "Accepted", true)], &written, &store, "T2").is_empty());
         let flipped = plan(&[condition("a", "Accepted", false)], &written, &store, "T2");
         assert_eq!(flipped[0].conditions[0].last_transition_time, "T2");
+
+        let recreated = store_with_policy_uid("a", 1, "uid-2");
+        let again = plan(
+            &[condition("a", "Accepted", true)],
+            &written,
+            &recreated,
+            "T3",
+        );
+        assert_eq!(again.len(), 1, "a recreated object gets its status again");
+        assert_eq!(again[0].conditions[0].last_transition_time, "T3");
     }
 
     #[test]

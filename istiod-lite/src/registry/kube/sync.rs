@@ -268,6 +268,22 @@ mod tests {
     }
 
     #[test]
+    fn an_init_during_a_relist_starts_it_over() {
+        // A list page failing part way makes the watcher start again.
+        let mut sync = KindSync::new(Kind::Pod);
+        let store = store_with(&[("a", "x")]);
+        sync.on_event(watcher::Event::Init, &store);
+        sync.on_event(watcher::Event::InitApply(pod("a", "x")), &store);
+        sync.on_event(watcher::Event::Init, &store);
+        sync.on_event(watcher::Event::InitApply(pod("a", "y")), &store);
+        let step = sync.on_event(watcher::Event::InitDone, &store);
+        assert_eq!(
+            keys(&step.changes),
+            [('+', "Pod a/y".to_string()), ('-', "Pod a/x".to_string())]
+        );
+    }
+
+    #[test]
     fn an_invalid_object_is_rejected_by_name_and_path_and_not_deleted_by_a_relist() {
         let mut sync = KindSync::new(Kind::Pod);
         let store = store_with(&[("a", "bad")]);
