@@ -13,6 +13,7 @@ use istiod_lite::registry::kube::resources::api_resource;
 use istiod_lite::registry::kube::{
     BackoffPolicy, KubeSource, KubeSourceError, KubeSourceOptions, client_from_config,
 };
+use mesh_core::readiness::Readiness;
 use mesh_testkit::eventually::eventually;
 use serde_json::{Value, json};
 use support::fake_apiserver::{FakeApiServer, ResourceType};
@@ -50,6 +51,10 @@ async fn server_with(installed: &[Kind]) -> FakeApiServer {
 }
 
 fn watch(server: &FakeApiServer) -> (Registry, KubeSource) {
+    watch_with(server, None)
+}
+
+fn watch_with(server: &FakeApiServer, readiness: Option<Readiness>) -> (Registry, KubeSource) {
     let config = kube::Config::new(server.url().parse().unwrap());
     let client = client_from_config(config).unwrap();
     let registry = Registry::new();
@@ -58,6 +63,7 @@ fn watch(server: &FakeApiServer) -> (Registry, KubeSource) {
         registry.clone(),
         KubeSourceOptions {
             backoff: FAST_BACKOFF,
+            readiness,
             ..KubeSourceOptions::default()
         },
     );
@@ -349,7 +355,9 @@ async fn a_missing_crd_does_not_block_the_other_kinds() -> Result<()> {
         .collect();
     let server = server_with(&installed).await;
     server.apply(pod("ns1", "a", "v1"));
-    let (registry, source) = watch(&server);
+    let readiness = Readiness::new();
+    let (registry, source) = watch_with(&server, Some(readiness.clone()));
+    assert_eq!(readiness.pending().len(), Kind::ALL.len());
 
     eventually("every installed kind synced", PATIENCE, || async {
         let synced = source.synced_kinds();
@@ -362,6 +370,7 @@ async fn a_missing_crd_does_not_block_the_other_kinds() -> Result<()> {
     .await?;
     pods_become(&registry, &[("ns1", "a", "v1")]).await?;
     assert!(!source.synced());
+    assert_eq!(readiness.pending(), ["kube watch ServiceEntry"]);
     let entries = collection(Kind::ServiceEntry);
     eventually("the missing kind is retried", PATIENCE, || async {
         ensure!(server.list_calls(&entries) >= 3);
@@ -379,6 +388,7 @@ async fn a_missing_crd_does_not_block_the_other_kinds() -> Result<()> {
         );
     });
     synced(&source).await;
+    assert!(readiness.is_ready());
     assert_eq!(registry.snapshot().service_entries.len(), 1);
     let failures = source
         .metrics()

@@ -24,6 +24,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
+use mesh_core::readiness::{BlockReady, Readiness};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -46,6 +47,9 @@ pub struct KubeSourceOptions {
     pub backoff: BackoffPolicy,
     /// Counters to update; register them with `KubeSourceMetrics::register`.
     pub metrics: KubeSourceMetrics,
+    /// If set, each kind blocks readiness (as `kube watch {Kind}`) until its
+    /// first list is applied.
+    pub readiness: Option<Readiness>,
 }
 
 impl Default for KubeSourceOptions {
@@ -54,6 +58,7 @@ impl Default for KubeSourceOptions {
             kinds: Kind::ALL.to_vec(),
             backoff: BackoffPolicy::default(),
             metrics: KubeSourceMetrics::default(),
+            readiness: None,
         }
     }
 }
@@ -85,6 +90,16 @@ pub struct KubeSource {
 }
 
 impl KubeSource {
+    /// Builds the client from `client_source`, then `start`s.
+    pub async fn connect(
+        client_source: &ClientSource,
+        registry: Registry,
+        options: KubeSourceOptions,
+    ) -> Result<Self, ClientError> {
+        let client = build_client(client_source).await?;
+        Ok(Self::start(client, registry, options))
+    }
+
     /// Starts one watcher task per kind on the current tokio runtime.
     pub fn start(client: kube::Client, registry: Registry, options: KubeSourceOptions) -> Self {
         let (synced_tx, synced) = watch::channel(BTreeSet::new());
@@ -100,6 +115,10 @@ impl KubeSource {
                     backoff: options.backoff,
                     synced: synced_tx.clone(),
                     metrics: options.metrics.clone(),
+                    not_ready: options
+                        .readiness
+                        .as_ref()
+                        .map(|readiness| readiness.register(format!("kube watch {kind}"))),
                 }))
             })
             .collect();
@@ -225,9 +244,11 @@ struct KindWatch {
     backoff: BackoffPolicy,
     synced: Arc<watch::Sender<BTreeSet<Kind>>>,
     metrics: KubeSourceMetrics,
+    /// Dropped once the kind's first list is applied.
+    not_ready: Option<BlockReady>,
 }
 
-async fn watch_kind(task: KindWatch) {
+async fn watch_kind(mut task: KindWatch) {
     let kind = task.kind;
     let api: Api<DynamicObject> = Api::all_with(task.client, &resources::api_resource(kind));
     // Default config: list then watch, with bookmarks, so a reconnect resumes
@@ -255,6 +276,7 @@ async fn watch_kind(task: KindWatch) {
         task.registry.apply(step.changes);
         if step.listed {
             task.metrics.listed(kind);
+            task.not_ready = None;
             task.synced.send_if_modified(|synced| synced.insert(kind));
         }
     }
