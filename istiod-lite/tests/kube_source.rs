@@ -426,6 +426,7 @@ async fn an_invalid_object_is_counted_and_skipped() -> Result<()> {
 async fn status_conditions_are_merge_patched_on_the_status_subresource() -> Result<()> {
     let server = server_with(Kind::ALL).await;
     server.apply(policy("ns1", "deny"));
+    server.apply(namespace("ns1"));
     let (_registry, source) = watch(&server);
     synced(&source).await;
     let key = ObjectKey {
@@ -465,6 +466,21 @@ async fn status_conditions_are_merge_patched_on_the_status_subresource() -> Resu
     // Unchanged conditions are not written again.
     source.write_status(&conditions).await?;
     assert_eq!(server.patches().len(), 1);
+
+    // Cluster-scoped kinds are patched at their cluster path.
+    let ns_condition = ObjectCondition {
+        object: ObjectKey {
+            kind: Kind::Namespace,
+            name: NamespacedName::cluster("ns1"),
+        },
+        ..conditions[0].clone()
+    };
+    source.write_status(&[ns_condition]).await?;
+    assert_eq!(server.patches()[1].path, "/api/v1/namespaces/ns1/status");
+    let stored = server
+        .object(&collection(Kind::Namespace), "", "ns1")
+        .ok_or_else(|| anyhow!("namespace gone"))?;
+    assert_eq!(stored["status"]["conditions"][0]["status"], "True");
 
     // A missing object is an error naming it.
     let mut missing = conditions[0].clone();
