@@ -247,3 +247,92 @@ fn a_bad_fixture_names_its_document() {
     let text = format!("{err:#}");
     assert!(text.contains("document 1 (Pod)"), "{text}");
 }
+
+#[test]
+fn document_order_does_not_change_the_output() {
+    let mesh = MeshConfig::default();
+    for case in FIXTURES {
+        let text = std::fs::read_to_string(testdata(&format!("{case}.yaml"))).unwrap();
+        let mut documents: Vec<&str> = text.split("\n---\n").collect();
+        documents.reverse();
+        let backward = load_store(&documents.join("\n---\n")).unwrap();
+        let forward = fixture_store(case);
+        assert_eq!(
+            encoded(&translate(&forward, &mesh)),
+            encoded(&translate(&backward, &mesh)),
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn mesh_settings_reach_every_workload() {
+    let mesh = MeshConfig {
+        trust_domain: "corp.example".into(),
+        cluster_id: "east".into(),
+        root_namespace: "mesh-root".into(),
+        cluster_domain: "east.local".into(),
+        network: "net-1".into(),
+    };
+    let out = translate(&fixture_store("services"), &mesh);
+    let got = projection::address(&out.addresses["east//Pod/apps/web-1"]);
+    assert_eq!(got["workload"]["trustDomain"], "corp.example");
+    assert_eq!(got["workload"]["clusterId"], "east");
+    assert_eq!(got["workload"]["network"], "net-1");
+    let services = got["workload"]["services"].as_object().unwrap();
+    assert!(
+        services.contains_key("apps/web.apps.svc.east.local"),
+        "{services:?}"
+    );
+    let svc = projection::address(&out.addresses["apps/web.apps.svc.east.local"]);
+    assert_eq!(svc["service"]["addresses"][0], "net-1/10.96.0.10");
+}
+
+/// Many namespaces, each with pods, Services and selector policies: every pod
+/// finds exactly its own Service and policy (the indexes by namespace and
+/// first selector label neither miss nor cross namespaces).
+#[test]
+fn indexes_stay_correct_at_scale() {
+    let mut docs = Vec::new();
+    for ns in 0..20 {
+        docs.push(format!("kind: Namespace\nmetadata: {{name: ns{ns}, labels: {{istio.io/dataplane-mode: ambient}}}}"));
+        for app in 0..20 {
+            docs.push(format!(
+                "kind: Service\nmetadata: {{name: app{app}, namespace: ns{ns}}}\nspec: {{selector: {{app: app{app}}}, clusterIP: 10.96.{ns}.{app}, ports: [{{port: 80, targetPort: 8080}}]}}"
+            ));
+            docs.push(format!(
+                "kind: AuthorizationPolicy\nmetadata: {{name: p{app}, namespace: ns{ns}}}\nspec: {{selector: {{matchLabels: {{app: app{app}}}}}, rules: [{{from: [{{source: {{namespaces: [ns{ns}]}}}}]}}]}}"
+            ));
+            for pod in 0..5 {
+                docs.push(format!(
+                    "kind: Pod\nmetadata: {{name: app{app}-{pod}, namespace: ns{ns}, labels: {{app: app{app}, pod: p{pod}}}}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{podIP: 10.{ns}.{app}.{pod}}}"
+                ));
+            }
+        }
+    }
+    let store = load_store(&docs.join("\n---\n")).unwrap();
+    let out = translate(&store, &MeshConfig::default());
+    assert_eq!(out.addresses.len(), 20 * 20 * (1 + 5));
+    assert_eq!(out.authorizations.len(), 20 * 20);
+    for ns in 0..20 {
+        for app in 0..20 {
+            for pod in 0..5 {
+                let uid = format!("Kubernetes//Pod/ns{ns}/app{app}-{pod}");
+                let w = projection::address(&out.addresses[&uid]);
+                let services: Vec<&String> = w["workload"]["services"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .collect();
+                assert_eq!(
+                    services,
+                    vec![&format!("ns{ns}/app{app}.ns{ns}.svc.cluster.local")]
+                );
+                assert_eq!(
+                    w["workload"]["authorizationPolicies"],
+                    serde_json::json!([format!("ns{ns}/p{app}")])
+                );
+            }
+        }
+    }
+}

@@ -162,8 +162,9 @@ impl Waypoints {
             return Some(waypoint.address.clone());
         }
         // A namespace binding to a service-only waypoint is the normal case for
-        // the namespace's pods; only a label on the object itself is a mistake.
-        if !from_namespace {
+        // the namespace's pods (and the reverse for its Services); it is a
+        // mistake only on the object itself, or when the waypoint serves nothing.
+        if !from_namespace || !(waypoint.for_services || waypoint.for_workloads) {
             conditions.insert(condition(
                 source.kind,
                 source.key,
