@@ -108,13 +108,14 @@ pub fn translate(store: &Store, mesh: &MeshConfig) -> Translation {
     let mut policies = authorization::translate_policies(store, mesh, &pods, &mut conditions);
     let peer = peer_authentication::translate_peer_authentications(store, mesh, &mut conditions);
     let mut authorizations = std::mem::take(&mut policies.authorizations);
-    authorizations.extend(peer.authorizations.clone());
 
     for (key, workload) in pods.iter_mut() {
         let mut keys: BTreeSet<String> = policies.selected_keys(key, store);
         keys.extend(peer.keys_for(key, store));
         workload.authorization_policies = keys.into_iter().collect();
     }
+
+    authorizations.extend(peer.authorizations);
 
     for w in pods.into_values().chain(extra_workloads) {
         addresses.insert(

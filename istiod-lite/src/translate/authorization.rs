@@ -71,7 +71,7 @@ pub fn translate_policies(
         let Some(translated) = translate_policy(key, spec, mesh, || {
             all_selected_have_waypoint(key, spec, store, mesh, pods)
         }) else {
-            conditions.extend(skipped_condition(key, spec));
+            conditions.insert(skipped_condition(key, spec));
             continue;
         };
         conditions.extend(translated.conditions);
@@ -144,10 +144,7 @@ pub fn translate_policy(
     })
 }
 
-fn skipped_condition(
-    key: &NamespacedName,
-    spec: &AuthorizationPolicySpec,
-) -> Option<ObjectCondition> {
+fn skipped_condition(key: &NamespacedName, spec: &AuthorizationPolicySpec) -> ObjectCondition {
     let (reason, message) = if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
         (
             "EnforcedByWaypoint",
@@ -165,14 +162,14 @@ fn skipped_condition(
             ),
         )
     };
-    Some(condition(
+    condition(
         Kind::AuthorizationPolicy,
         key,
         "ZtunnelEnforced",
         false,
         reason,
         message,
-    ))
+    )
 }
 
 fn note_conditions(
