@@ -8,6 +8,17 @@
 //! versions (digests of the encoded bytes) change only when content changes, and
 //! a change to one pod changes only that pod's Workload.
 //!
+//! Conditions (`type` / `reason`), one per object and reason:
+//! - AuthorizationPolicy `PartiallyEnforced`: `L7RuleDroppedAtL4` (an ALLOW
+//!   rule using L7 attributes matches nothing), `L7DenyEnforcedAtL4` (a DENY
+//!   rule denies everything its L4 part matches), `L7DenyLeftToWaypoint`;
+//!   `InvalidValues`/`InvalidRuleValue`; `ZtunnelEnforced`=False for
+//!   waypoint-targeted policies and AUDIT/CUSTOM actions.
+//! - Pod / Service / ServiceEntry / Namespace `WaypointBound`=False:
+//!   `WaypointNotFound`, `WaypointNotForThisKind`.
+//! - PeerAuthentication `PortLevelMtlsIgnored`; ServiceEntry parts not covered;
+//!   invalid cluster or pod IPs; Gateway `InvalidWaypointFor`.
+//!
 //! Not covered: ServiceEntry DNS resolution and hostname endpoints, wildcard
 //! ServiceEntry hosts, `waypoint-for` on a GatewayClass, load balancing settings,
 //! WorkloadEntry, multi-network gateways.

@@ -269,3 +269,80 @@ fn all_selected_have_waypoint(
     }
     any
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::istio::{AuthorizationRule, Operation, RuleTo, WorkloadSelector};
+
+    fn spec(action: AuthorizationAction, selector: bool) -> AuthorizationPolicySpec {
+        AuthorizationPolicySpec {
+            action,
+            selector: selector.then(|| WorkloadSelector {
+                match_labels: [("app".to_string(), "a".to_string())].into(),
+            }),
+            rules: vec![AuthorizationRule {
+                to: vec![RuleTo {
+                    operation: Operation {
+                        methods: vec!["GET".into()],
+                        ..Default::default()
+                    },
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn key() -> NamespacedName {
+        NamespacedName::new("ns", "p")
+    }
+
+    #[test]
+    fn the_waypoint_question_is_asked_only_for_a_selector_deny_with_l7() {
+        let mesh = MeshConfig::default();
+        let asked = std::cell::Cell::new(0);
+        let ask = || {
+            asked.set(asked.get() + 1);
+            true
+        };
+        translate_policy(&key(), &spec(AuthorizationAction::Allow, true), &mesh, ask);
+        translate_policy(&key(), &spec(AuthorizationAction::Deny, false), &mesh, ask);
+        assert_eq!(asked.get(), 0);
+        let left = translate_policy(&key(), &spec(AuthorizationAction::Deny, true), &mesh, ask)
+            .expect("sent to ztunnel");
+        assert_eq!(asked.get(), 1);
+        assert!(left.authorization.rules.is_empty());
+        assert_eq!(left.conditions[0].reason, "L7DenyLeftToWaypoint");
+    }
+
+    #[test]
+    fn without_a_waypoint_an_l7_only_deny_denies_everything_at_l4() {
+        let mesh = MeshConfig::default();
+        let p = translate_policy(
+            &key(),
+            &spec(AuthorizationAction::Deny, true),
+            &mesh,
+            || false,
+        )
+        .expect("sent to ztunnel");
+        assert_eq!(p.authorization.rules.len(), 1);
+        assert!(p.authorization.rules[0].clauses.is_empty());
+        assert_eq!(p.conditions[0].reason, "L7DenyEnforcedAtL4");
+    }
+
+    #[test]
+    fn an_l7_allow_rule_matches_nothing() {
+        let mesh = MeshConfig::default();
+        let p = translate_policy(
+            &key(),
+            &spec(AuthorizationAction::Allow, false),
+            &mesh,
+            || true,
+        )
+        .expect("sent to ztunnel");
+        assert_eq!(p.authorization.scope, Scope::Namespace as i32);
+        assert!(p.authorization.rules.is_empty());
+        assert_eq!(p.conditions[0].reason, "L7RuleDroppedAtL4");
+    }
+}
