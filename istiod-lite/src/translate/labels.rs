@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
 pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+pub const INGRESS_USE_WAYPOINT: &str = "istio.io/ingress-use-waypoint";
 pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
 pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";

@@ -85,14 +85,14 @@ pub fn service_resource(
     let own_labels = svc.metadata.labels.as_ref();
     let is_waypoint_service = waypoints.is_waypoint(&key)
         || own_labels.is_some_and(|l| l.contains_key(labels::GATEWAY_NAME));
+    let ns_key = NamespacedName::cluster(&namespace);
+    let ns_labels = store
+        .namespaces
+        .get(&ns_key)
+        .and_then(|n| n.metadata.labels.as_ref());
     let waypoint = if is_waypoint_service {
         None
     } else {
-        let ns_key = NamespacedName::cluster(&namespace);
-        let ns_labels = store
-            .namespaces
-            .get(&ns_key)
-            .and_then(|n| n.metadata.labels.as_ref());
         waypoints.resolve(
             TrafficKind::Service,
             BindingSource {
@@ -108,6 +108,10 @@ pub fn service_resource(
             conditions,
         )
     };
+    let ingress_use_waypoint = [own_labels, ns_labels]
+        .into_iter()
+        .find_map(|l| l.and_then(|l| l.get(labels::INGRESS_USE_WAYPOINT)))
+        .is_some_and(|v| v == "true");
 
     Some(Service {
         hostname: hostname(&name, &namespace, mesh),
@@ -117,6 +121,7 @@ pub fn service_resource(
         ports,
         waypoint,
         ip_families: ip_families as i32,
+        ingress_use_waypoint,
         ..Default::default()
     })
 }

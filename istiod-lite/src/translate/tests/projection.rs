@@ -135,6 +135,9 @@ pub fn address(a: &Address) -> Value {
                 Value::Array(s.ports.iter().map(port).collect()),
             );
             put(&mut m, "waypoint", gateway(&s.waypoint));
+            if s.ingress_use_waypoint {
+                m.insert("ingressUseWaypoint".into(), json!(true));
+            }
             let families = IpFamilies::try_from(s.ip_families).map_or("?", |f| f.as_str_name());
             if families != "AUTOMATIC" {
                 put(&mut m, "ipFamilies", json!(families));
