@@ -264,7 +264,7 @@ struct FieldReader<'a> {
 }
 
 impl FieldReader<'_> {
-    fn list<T>(
+    fn list<T: Expected>(
         &mut self,
         field: &str,
         values: &[String],
@@ -278,7 +278,7 @@ impl FieldReader<'_> {
                     self.note.invalid.push(format!(
                         "{}.{field} has \"{v}\", which is not {}",
                         self.path,
-                        expected(field, self.path)
+                        T::EXPECTED
                     ));
                     return Vec::new();
                 }
@@ -288,14 +288,25 @@ impl FieldReader<'_> {
     }
 }
 
-fn expected(field: &str, path: &str) -> &'static str {
-    match field {
-        "ports" | "notPorts" => "a port number (1-65535)",
-        "ipBlocks" | "notIpBlocks" => "an IP address or CIDR",
-        "serviceAccounts" | "notServiceAccounts" => "a service account name or namespace/name",
-        _ if path.starts_with("when") => "a valid value for this key",
-        _ => "a valid value",
-    }
+/// What a valid value of a converted type looks like, for messages.
+trait Expected {
+    const EXPECTED: &'static str;
+}
+
+impl Expected for u32 {
+    const EXPECTED: &'static str = "a port number (1-65535)";
+}
+
+impl Expected for Address {
+    const EXPECTED: &'static str = "an IP address or CIDR";
+}
+
+impl Expected for ServiceAccountMatch {
+    const EXPECTED: &'static str = "a service account name or namespace/name";
+}
+
+impl Expected for StringMatch {
+    const EXPECTED: &'static str = "a string";
 }
 
 /// `*` -> presence, `*x` -> suffix, `x*` -> prefix, else exact.
