@@ -144,6 +144,7 @@ pub fn translate_peer_authentications(
             ),
         );
     }
+    namespace_conflicts(store, conditions);
     for (key, pa) in &store.peer_authentications {
         if pa.spec.port_level_mtls.is_empty() {
             continue;
@@ -204,5 +205,34 @@ pub fn translate_peer_authentications(
         authorizations,
         static_strict_key,
         root_namespace: mesh.root_namespace.clone(),
+    }
+}
+
+/// Only the oldest selector-less policy of a namespace takes effect; the
+/// others are told so.
+fn namespace_conflicts(store: &Store, conditions: &mut BTreeSet<ObjectCondition>) {
+    let namespaces: BTreeSet<&str> = store
+        .peer_authentications
+        .keys()
+        .map(|k| k.namespace.as_str())
+        .collect();
+    for ns in namespaces {
+        let level =
+            || in_namespace(&store.peer_authentications, ns).filter(|(_, pa)| no_selector(pa));
+        let Some((winner, _)) = oldest(level()) else {
+            continue;
+        };
+        for (key, _) in level().filter(|(k, _)| *k != winner) {
+            conditions.insert(condition(
+                Kind::PeerAuthentication,
+                key,
+                "Accepted",
+                false,
+                "ConflictOlderWins",
+                format!(
+                    "{winner} also applies to the whole namespace and is older, so it takes effect and this policy is ignored"
+                ),
+            ));
+        }
     }
 }
