@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Pod;
-use mesh_api::istio::workload::{TunnelProtocol, Workload, WorkloadStatus, WorkloadType};
+use mesh_api::istio::workload::{Locality, TunnelProtocol, Workload, WorkloadStatus, WorkloadType};
 
 use super::labels::{self, Labels};
 use super::service::SelectorIndex;
@@ -34,6 +34,11 @@ pub fn pod_workloads(
                 continue;
             };
             w.services = services.services_of(pod, mesh);
+            w.locality = store
+                .nodes
+                .get(&NamespacedName::cluster(&w.node))
+                .and_then(|n| n.metadata.labels.as_ref())
+                .and_then(locality);
             let own_labels = pod.metadata.labels.as_ref();
             // A waypoint's own pods never send their traffic to a waypoint.
             if !own_labels.is_some_and(|l| l.contains_key(labels::GATEWAY_NAME)) {
@@ -177,4 +182,15 @@ pub fn owner(pod: &Pod, pod_name: &str) -> (WorkloadType, String) {
         },
         _ => (WorkloadType::Pod, pod_name.to_string()),
     }
+}
+
+/// The pod's locality from its node's topology labels, if any is set.
+fn locality(node_labels: &Labels) -> Option<Locality> {
+    let get = |k: &str| node_labels.get(k).cloned().unwrap_or_default();
+    let locality = Locality {
+        region: get("topology.kubernetes.io/region"),
+        zone: get("topology.kubernetes.io/zone"),
+        subzone: get("topology.istio.io/subzone"),
+    };
+    (locality != Locality::default()).then_some(locality)
 }

@@ -86,6 +86,13 @@ pub fn address(a: &Address) -> Value {
             put(&mut m, "trustDomain", json!(w.trust_domain));
             put(&mut m, "serviceAccount", json!(w.service_account));
             put(&mut m, "node", json!(w.node));
+            if let Some(l) = &w.locality {
+                put(
+                    &mut m,
+                    "locality",
+                    json!(format!("{}/{}/{}", l.region, l.zone, l.subzone)),
+                );
+            }
             put(
                 &mut m,
                 "canonical",
