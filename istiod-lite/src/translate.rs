@@ -110,10 +110,22 @@ pub fn translate(store: &Store, mesh: &MeshConfig) -> Translation {
     );
     extra_workloads.extend(entries.workloads);
     for svc in entries.services {
-        addresses.insert(
-            service_key(&svc.namespace, &svc.hostname),
-            address_of_service(svc),
-        );
+        let key = service_key(&svc.namespace, &svc.hostname);
+        if addresses.contains_key(&key) {
+            conditions.insert(condition(
+                Kind::ServiceEntry,
+                &NamespacedName::new(&svc.namespace, &svc.name),
+                "Accepted",
+                false,
+                "HostConflict",
+                format!(
+                    "host {} is also a Kubernetes Service hostname in this namespace; the Service is used and this host is ignored",
+                    svc.hostname
+                ),
+            ));
+            continue;
+        }
+        addresses.insert(key, address_of_service(svc));
     }
 
     let mut policies = authorization::translate_policies(store, mesh, &pods, &mut conditions);
