@@ -30,7 +30,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(&files, [PROTO_DIR])?;
 
     // `.google.protobuf` maps to `::prost_types` by default.
+    // A BTreeMap keeps `Workload.services` in key order, so the encoded bytes
+    // (and the resource versions digested from them) depend only on content.
     tonic_prost_build::configure()
+        .btree_map(".istio.workload.Workload.services")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

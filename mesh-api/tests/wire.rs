@@ -216,7 +216,7 @@ fn workload_other_field_numbers() {
     assert_eq!(bytes(&w), [0x28, 0x01, 0x88, 0x01, 0x01]);
 
     let w = Workload {
-        services: HashMap::from([(
+        services: BTreeMap::from([(
             "n/h".to_string(),
             PortList {
                 ports: vec![Port {
@@ -327,7 +327,7 @@ fn full_workload() -> Workload {
         network_gateway: None,
         uid: "Kubernetes//Pod/ns/pod-1".into(),
         hostname: String::new(),
-        services: HashMap::from([(
+        services: BTreeMap::from([(
             "ns/svc.ns.svc.cluster.local".to_string(),
             PortList {
                 ports: vec![Port {
