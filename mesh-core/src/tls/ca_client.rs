@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(cert.identity, who);
         assert_eq!(cert.roots.len(), 2);
 
-        let err = certificate_from_chain(&[leaf.clone()], key(&key_pem)).unwrap_err();
+        let err = certificate_from_chain(std::slice::from_ref(&leaf), key(&key_pem)).unwrap_err();
         assert!(err.to_string().contains("one element"), "{err}");
         let err = certificate_from_chain(&[leaf.clone(), other.root_pem().into()], key(&key_pem))
             .unwrap_err();
