@@ -20,10 +20,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
-use crate::config::Config;
+use crate::config::{Config, ControlPlaneCa};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, inbound::Inbound};
 use crate::state::{State, StateError, StateStore};
+use mesh_core::control::{ControlPlane, TokenSource};
+use mesh_core::tls::IstioCaClient;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -34,6 +37,11 @@ pub enum AppError {
     },
     #[error("certificates: {0}")]
     Certificates(#[from] tls::TlsError),
+    #[error("proxy.certificates.controlPlane.rootCert {path}: {source}")]
+    ControlPlaneRoots {
+        path: PathBuf,
+        source: tls::TlsError,
+    },
     #[error("cannot bind the {listener} listener on {addr}: {source}")]
     Bind {
         listener: &'static str,
@@ -92,6 +100,12 @@ async fn certificate_source(
         roots.extend(read(r).await?);
         roots.push(b'\n');
     }
+    if let Some(cp) = &c.control_plane {
+        return Ok((
+            Arc::new(control_plane_ca(cp, &config.proxy.cluster_id).await?),
+            roots,
+        ));
+    }
     if let Some(ca) = &c.ca {
         let cert = String::from_utf8_lossy(&read(&ca.cert).await?).into_owned();
         let key = String::from_utf8_lossy(&read(&ca.key).await?).into_owned();
@@ -115,14 +129,64 @@ async fn certificate_source(
     Ok((Arc::new(files), roots))
 }
 
+async fn control_plane_ca(
+    cp: &ControlPlaneCa,
+    cluster_id: &str,
+) -> Result<IstioCaClient, AppError> {
+    let root_pem = read(&cp.root_cert).await?;
+    let roots = tls::parse_certs(&root_pem, "controlPlane.rootCert").map_err(|e| {
+        AppError::ControlPlaneRoots {
+            path: cp.root_cert.clone(),
+            source: e,
+        }
+    })?;
+    let token = match (&cp.token, &cp.token_file) {
+        (Some(t), _) => Some(TokenSource::Literal(t.clone())),
+        (None, Some(path)) => Some(TokenSource::File(path.clone())),
+        (None, None) => None,
+    };
+    let control = ControlPlane {
+        address: cp.address.clone(),
+        server_name: cp.server_name.clone(),
+        roots,
+        token,
+        cluster_id: cp
+            .cluster_id
+            .clone()
+            .unwrap_or_else(|| cluster_id.to_string()),
+        headers: Vec::new(),
+    };
+    Ok(IstioCaClient::new(control, cp.impersonate, cp.ttl.0))
+}
+
+/// The trust roots: those of the configuration, plus, with a control-plane
+/// CA, the roots its first answer carried (spec 4: peers are verified with
+/// the CA's roots, not with the control plane's serving root).
+fn trust_roots(
+    config_roots: &[u8],
+    ca_roots: &[CertificateDer<'static>],
+) -> Result<Vec<CertificateDer<'static>>, AppError> {
+    let mut roots = if config_roots.iter().all(u8::is_ascii_whitespace) {
+        Vec::new()
+    } else {
+        tls::parse_certs(config_roots, "trust roots")?
+    };
+    roots.extend(ca_roots.iter().cloned());
+    Ok(roots)
+}
+
 impl App {
     pub async fn build(config: Config, log: LogControl) -> Result<App, AppError> {
         let deadline = config.drain_deadline();
         let (source, roots_pem) = certificate_source(&config).await?;
-        let roots = Arc::new(TrustBundle::new(tls::parse_certs(
-            &roots_pem,
-            "trust roots",
-        )?)?);
+        let roots_from_ca = config.proxy.certificates.control_plane.is_some();
+        // With a control-plane CA the roots are known after the first
+        // certificate; until then the bundle holds the configured ones only.
+        let roots = Arc::new(TrustBundle::new(if roots_from_ca {
+            Vec::new()
+        } else {
+            tls::parse_certs(&roots_pem, "trust roots")?
+        })?);
         let certs = CertStore::new(source, roots);
         let state = Arc::new(StateStore::new(State::from_config(&config)?));
         let local_ref = config.proxy.workload.clone();
@@ -160,7 +224,12 @@ impl App {
             readiness: addr(&ready_l),
         };
 
-        certs.prefetch(&local.identity).await?;
+        let first = certs.prefetch(&local.identity).await?;
+        if roots_from_ca {
+            certs
+                .roots()
+                .replace(trust_roots(&roots_pem, &first.roots)?)?;
+        }
         drop(cert_ready);
 
         let (trigger, watcher) = drain::channel();
