@@ -9,8 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use futures::future::BoxFuture;
+use std::sync::Arc;
+use tokio::sync::watch;
 
 use super::{AuthError, Authenticate, Caller, bearer_token};
+use crate::model::Store;
+use crate::registry::Registry;
 
 pub const NODE_TOKENS_FILE: &str = "node-tokens.yaml";
 
@@ -122,6 +126,33 @@ impl NodeTokens {
     }
 }
 
+/// Keeps a token for every Node in the registry: new nodes get one as they
+/// appear (tokens of removed nodes stay, so a node that comes back keeps its
+/// token). Ends when `stop` turns true or the registry is dropped.
+pub async fn follow_nodes(
+    tokens: Arc<NodeTokens>,
+    registry: Registry,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut snapshots = registry.subscribe();
+    drop(registry);
+    loop {
+        let nodes = node_names(&snapshots.borrow_and_update());
+        if let Err(error) = tokens.ensure_nodes(&nodes) {
+            tracing::error!(%error, "cannot record tokens for new nodes");
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            _ = async { stop.wait_for(|s| *s).await.is_err() } => return,
+        }
+    }
+}
+
+/// The names of the registry's Node objects.
+pub fn node_names(store: &Store) -> Vec<String> {
+    store.nodes.keys().map(|key| key.name.clone()).collect()
+}
+
 fn read(path: &Path) -> Result<BTreeMap<String, String>, TokenError> {
     let text = std::fs::read_to_string(path).map_err(|source| TokenError::Io {
         path: path.to_path_buf(),
@@ -214,6 +245,41 @@ mod tests {
         assert_eq!(caller.identity, None);
         let err = again.authenticate(&metadata("wrong")).await.unwrap_err();
         assert!(matches!(err, AuthError::Invalid(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn new_nodes_in_the_registry_get_tokens_and_the_follower_stops() {
+        use crate::model::{Kind, Object};
+        use crate::registry::Change;
+        let dir = tempfile::tempdir().unwrap();
+        let tokens =
+            Arc::new(NodeTokens::load_or_create(&dir.path().join(NODE_TOKENS_FILE), &[]).unwrap());
+        let registry = Registry::new();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(follow_nodes(tokens.clone(), registry.clone(), stopped));
+        let node = Object::from_value(
+            Kind::Node,
+            serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-z"}}),
+        )
+        .unwrap();
+        registry.apply([Change::Upsert(node)]);
+        mesh_testkit::eventually(
+            "node-z has a token",
+            std::time::Duration::from_secs(5),
+            || async {
+                tokens
+                    .token("node-z")
+                    .map(|_| ())
+                    .ok_or_else(|| anyhow::anyhow!("no token yet"))
+            },
+        )
+        .await
+        .unwrap();
+        stop.send(true).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("the follower stops when asked")
+            .unwrap();
     }
 
     #[test]
