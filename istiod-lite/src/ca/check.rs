@@ -190,10 +190,13 @@ fn authorize(
     }
     let node_proxy = match &caller.identity {
         None => caller.node.is_some(),
-        Some(own) => policy
-            .trusted_node_accounts
-            .iter()
-            .any(|(ns, sa)| own.namespace() == ns && own.service_account() == sa),
+        Some(own) => {
+            own.trust_domain() == policy.trust_domain
+                && policy
+                    .trusted_node_accounts
+                    .iter()
+                    .any(|(ns, sa)| own.namespace() == ns && own.service_account() == sa)
+        }
     };
     if !node_proxy {
         return Err(Refusal::new(

@@ -113,6 +113,19 @@ fn a_trusted_node_account_may_impersonate_only_on_its_node() {
     let err =
         check_request(&request(&id(CART), Some(CART), 0), &zt, &store(), &policy).unwrap_err();
     assert_eq!(err.reason, RefusalReason::NotOnNode);
+    // The same account name in another trust domain is not ours to trust.
+    let foreign = workload(
+        "spiffe://elsewhere/ns/istio-system/sa/ztunnel",
+        Some("node-b"),
+    );
+    let err = check_request(
+        &request(&id(VAULT), Some(VAULT), 0),
+        &foreign,
+        &store(),
+        &policy,
+    )
+    .unwrap_err();
+    assert_eq!(err.reason, RefusalReason::NotOwnIdentity);
     let nowhere = workload(ZTUNNEL, None);
     let err = check_request(
         &request(&id(VAULT), Some(VAULT), 0),
