@@ -182,7 +182,10 @@ fn lifetime(cert: &WorkloadCertificate) -> Duration {
 #[tokio::test]
 async fn a_node_proxy_gets_certificates_for_pods_on_its_node() {
     let f = Fixture::start(CaPolicy::default()).await;
-    let client = f.node_client(Duration::from_secs(3600));
+    let peer_roots = Arc::new(TrustBundle::new(Vec::new()).unwrap());
+    let client = f
+        .node_client(Duration::from_secs(3600))
+        .updating_trust_bundle(peer_roots.clone(), Vec::new());
     for who in [CART, WEB] {
         let cert = client.fetch(&id(who)).await.unwrap();
         assert_eq!(cert.identity, id(who));
@@ -191,6 +194,8 @@ async fn a_node_proxy_gets_certificates_for_pods_on_its_node() {
         assert!(lifetime(&cert) >= Duration::from_secs(3600));
     }
     assert_eq!(f.metrics.signed.get(), 2);
+    // The client keeps the peer-verification roots at those the CA sent.
+    assert_eq!(peer_roots.len(), 1);
 }
 
 #[tokio::test]

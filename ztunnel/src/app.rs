@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_core::control::{ControlPlane, TokenSource};
 use mesh_core::drain::{self, DrainOutcome, DrainTrigger, DrainWatcher};
 use mesh_core::hbone::{self, ClientSettings, Pool};
 use mesh_core::readiness::Readiness;
 use mesh_core::telemetry::LogControl;
 use mesh_core::tls::{
-    self, CertStore, CertificateAuthority, CertificateSource, LocalCa, StaticCertificates,
-    TrustBundle,
+    self, CertStore, CertificateAuthority, CertificateSource, IstioCaClient, LocalCa,
+    StaticCertificates, TrustBundle,
 };
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -24,9 +25,6 @@ use crate::config::{Config, ControlPlaneCa};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, inbound::Inbound};
 use crate::state::{State, StateError, StateStore};
-use mesh_core::control::{ControlPlane, TokenSource};
-use mesh_core::tls::IstioCaClient;
-use tokio_rustls::rustls::pki_types::CertificateDer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -91,9 +89,10 @@ async fn read(path: &PathBuf) -> Result<Vec<u8>, AppError> {
     })
 }
 
+/// The certificate source and the peer-verification roots.
 async fn certificate_source(
     config: &Config,
-) -> Result<(Arc<dyn CertificateSource>, Vec<u8>), AppError> {
+) -> Result<(Arc<dyn CertificateSource>, Arc<TrustBundle>), AppError> {
     let c = &config.proxy.certificates;
     let mut roots = Vec::new();
     for r in &c.roots {
@@ -101,10 +100,18 @@ async fn certificate_source(
         roots.push(b'\n');
     }
     if let Some(cp) = &c.control_plane {
-        return Ok((
-            Arc::new(control_plane_ca(cp, &config.proxy.cluster_id).await?),
-            roots,
-        ));
+        // Until the first answer the bundle holds the configured roots only;
+        // the client then keeps it at those plus the CA's roots (spec 4).
+        let extra = if roots.iter().all(u8::is_ascii_whitespace) {
+            Vec::new()
+        } else {
+            tls::parse_certs(&roots, "trust roots")?
+        };
+        let bundle = Arc::new(TrustBundle::new(extra.clone())?);
+        let client = control_plane_ca(cp, &config.proxy.cluster_id)
+            .await?
+            .updating_trust_bundle(bundle.clone(), extra);
+        return Ok((Arc::new(client), bundle));
     }
     if let Some(ca) = &c.ca {
         let cert = String::from_utf8_lossy(&read(&ca.cert).await?).into_owned();
@@ -116,7 +123,7 @@ async fn certificate_source(
                 ca: ca_obj,
                 ttl: ca.ttl.0,
             }),
-            roots,
+            bundle_of(&roots)?,
         ));
     }
     let mut files = StaticCertificates::default();
@@ -126,7 +133,14 @@ async fn certificate_source(
         roots.push(b'\n');
         files.insert_pem(read(&f.cert).await?, read(&f.key).await?, root)?;
     }
-    Ok((Arc::new(files), roots))
+    Ok((Arc::new(files), bundle_of(&roots)?))
+}
+
+fn bundle_of(roots_pem: &[u8]) -> Result<Arc<TrustBundle>, AppError> {
+    Ok(Arc::new(TrustBundle::new(tls::parse_certs(
+        roots_pem,
+        "trust roots",
+    )?)?))
 }
 
 async fn control_plane_ca(
@@ -159,34 +173,10 @@ async fn control_plane_ca(
     Ok(IstioCaClient::new(control, cp.impersonate, cp.ttl.0))
 }
 
-/// The trust roots: those of the configuration, plus, with a control-plane
-/// CA, the roots its first answer carried (spec 4: peers are verified with
-/// the CA's roots, not with the control plane's serving root).
-fn trust_roots(
-    config_roots: &[u8],
-    ca_roots: &[CertificateDer<'static>],
-) -> Result<Vec<CertificateDer<'static>>, AppError> {
-    let mut roots = if config_roots.iter().all(u8::is_ascii_whitespace) {
-        Vec::new()
-    } else {
-        tls::parse_certs(config_roots, "trust roots")?
-    };
-    roots.extend(ca_roots.iter().cloned());
-    Ok(roots)
-}
-
 impl App {
     pub async fn build(config: Config, log: LogControl) -> Result<App, AppError> {
         let deadline = config.drain_deadline();
-        let (source, roots_pem) = certificate_source(&config).await?;
-        let roots_from_ca = config.proxy.certificates.control_plane.is_some();
-        // With a control-plane CA the roots are known after the first
-        // certificate; until then the bundle holds the configured ones only.
-        let roots = Arc::new(TrustBundle::new(if roots_from_ca {
-            Vec::new()
-        } else {
-            tls::parse_certs(&roots_pem, "trust roots")?
-        })?);
+        let (source, roots) = certificate_source(&config).await?;
         let certs = CertStore::new(source, roots);
         let state = Arc::new(StateStore::new(State::from_config(&config)?));
         let local_ref = config.proxy.workload.clone();
@@ -224,12 +214,7 @@ impl App {
             readiness: addr(&ready_l),
         };
 
-        let first = certs.prefetch(&local.identity).await?;
-        if roots_from_ca {
-            certs
-                .roots()
-                .replace(trust_roots(&roots_pem, &first.roots)?)?;
-        }
+        certs.prefetch(&local.identity).await?;
         drop(cert_ready);
 
         let (trigger, watcher) = drain::channel();

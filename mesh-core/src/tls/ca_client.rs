@@ -4,7 +4,7 @@
 //! it must chain to the roots the CA sent with it (those roots then verify
 //! peers).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -69,6 +69,9 @@ pub struct IstioCaClient {
     ttl: Duration,
     /// Created on first use (it needs a runtime) and kept: it reconnects by itself.
     channel: Mutex<Option<Channel>>,
+    /// Peer-verification roots to keep equal to `extra` plus the roots of the
+    /// latest answer, so a CA root rotation reaches handshakes.
+    peer_roots: Option<(Arc<TrustBundle>, Vec<CertificateDer<'static>>)>,
 }
 
 impl IstioCaClient {
@@ -78,7 +81,18 @@ impl IstioCaClient {
             impersonate,
             ttl,
             channel: Mutex::new(None),
+            peer_roots: None,
         }
+    }
+
+    /// Keeps `bundle` at `extra` plus the roots of every answer.
+    pub fn updating_trust_bundle(
+        mut self,
+        bundle: Arc<TrustBundle>,
+        extra: Vec<CertificateDer<'static>>,
+    ) -> Self {
+        self.peer_roots = Some((bundle, extra));
+        self
     }
 
     fn channel(&self) -> Result<Channel, CaClientError> {
@@ -160,6 +174,11 @@ impl IstioCaClient {
                 asked: Box::new(identity.clone()),
                 got: Box::new(cert.identity.clone()),
             });
+        }
+        if let Some((bundle, extra)) = &self.peer_roots {
+            let mut roots = extra.clone();
+            roots.extend(cert.roots.iter().cloned());
+            bundle.replace(roots)?;
         }
         Ok(cert)
     }
