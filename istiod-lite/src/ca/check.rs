@@ -53,6 +53,8 @@ pub struct Approved {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RefusalReason {
     Unauthenticated,
+    /// The credential could not be checked (the API server is down).
+    AuthUnavailable,
     BadRequest,
     BadCsr,
     WrongTrustDomain,
@@ -67,6 +69,7 @@ impl RefusalReason {
     pub fn as_str(self) -> &'static str {
         match self {
             RefusalReason::Unauthenticated => "unauthenticated",
+            RefusalReason::AuthUnavailable => "auth_unavailable",
             RefusalReason::BadRequest => "bad_request",
             RefusalReason::BadCsr => "bad_csr",
             RefusalReason::WrongTrustDomain => "wrong_trust_domain",
@@ -97,6 +100,7 @@ impl From<Refusal> for tonic::Status {
     fn from(r: Refusal) -> Self {
         match r.reason {
             RefusalReason::Unauthenticated => tonic::Status::unauthenticated(r.message),
+            RefusalReason::AuthUnavailable => tonic::Status::unavailable(r.message),
             RefusalReason::BadRequest | RefusalReason::BadCsr => {
                 tonic::Status::invalid_argument(r.message)
             }

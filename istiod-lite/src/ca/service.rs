@@ -10,7 +10,7 @@ use mesh_api::istio::v1::auth::{IstioCertificateRequest, IstioCertificateRespons
 use mesh_core::tls::CertificateAuthority;
 
 use super::{CaMetrics, CaPolicy, Refusal, RefusalReason, check_request};
-use crate::auth::Authenticate;
+use crate::auth::{AuthError, Authenticate};
 use crate::registry::Registry;
 
 #[derive(Clone, Debug)]
@@ -51,7 +51,10 @@ impl CaServer {
         let caller = match self.auth.authenticate(request.metadata()).await {
             Ok(caller) => caller,
             Err(e) => {
-                self.metrics.refused(RefusalReason::Unauthenticated);
+                self.metrics.refused(match e {
+                    AuthError::Unavailable(_) => RefusalReason::AuthUnavailable,
+                    _ => RefusalReason::Unauthenticated,
+                });
                 tracing::warn!(error = %e, "certificate request refused: not authenticated");
                 return Err(e.into());
             }
