@@ -111,7 +111,8 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
-/// A running server: its address, and how to stop it.
+/// A running server: its address, and how to stop it. Dropping the handle
+/// also stops it (gracefully, without a deadline).
 #[derive(Debug)]
 pub struct ServingHandle {
     pub addr: SocketAddr,

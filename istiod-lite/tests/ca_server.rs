@@ -412,3 +412,18 @@ async fn shutdown_stops_the_server_within_its_deadline() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn dropping_the_handle_stops_the_server() {
+    let mut f = Fixture::start(CaPolicy::default()).await;
+    let addr = f.addr();
+    drop(f.server.take());
+    eventually("the port is closed", Duration::from_secs(5), || async {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => bail!("still accepting"),
+            Err(_) => Ok(()),
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -11,7 +11,7 @@ mod store;
 pub mod verify;
 
 pub use ca::CertificateAuthority;
-pub use ca_client::{CaClientError, IstioCaClient};
+pub use ca_client::{CaClientError, IMPERSONATED_IDENTITY, IstioCaClient};
 pub use cert::{LeafInfo, WorkloadCertificate, parse_certs, spiffe_identities};
 pub use config::{ALPN_H2, IdentityResolver, client_config, provider, server_config};
 pub use csr::{VerifiedCsr, new_csr};

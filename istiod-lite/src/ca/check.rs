@@ -14,7 +14,7 @@ use crate::auth::Caller;
 use crate::model::Store;
 
 /// The metadata field a node proxy names the workload identity in.
-pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+pub use mesh_core::tls::IMPERSONATED_IDENTITY;
 
 /// What the CA allows.
 #[derive(Clone, Debug)]

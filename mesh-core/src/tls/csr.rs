@@ -75,7 +75,9 @@ impl VerifiedCsr {
         // The issued certificate describes the key by the request's
         // algorithm, so it must be exactly P-256 with SHA-256.
         if params.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
-            return Err(bad("the request must be signed with ECDSA P-256 and SHA-256"));
+            return Err(bad(
+                "the request must be signed with ECDSA P-256 and SHA-256",
+            ));
         }
         Ok(VerifiedCsr {
             public_key: params.public_key,
