@@ -369,6 +369,99 @@ fn hbone_authority_seeds() -> Vec<(&'static str, Vec<u8>)> {
     .collect()
 }
 
+// Protobuf by hand (length-delimited fields and varints), for `ca_request`.
+fn pb_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn pb_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    pb_varint(out, u64::from(field << 3 | 2));
+    pb_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// An `IstioCertificateRequest`: csr (1), validity_duration (3), and a
+/// metadata Struct (4) whose fields map (1) holds `key` -> string_value (3).
+fn ca_request(csr: &str, ttl: i64, metadata: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    if !csr.is_empty() {
+        pb_bytes(&mut out, 1, csr.as_bytes());
+    }
+    if ttl != 0 {
+        pb_varint(&mut out, 3 << 3);
+        pb_varint(&mut out, ttl as u64);
+    }
+    if !metadata.is_empty() {
+        let mut st = Vec::new();
+        for (key, value) in metadata {
+            let mut val = Vec::new();
+            pb_bytes(&mut val, 3, value.as_bytes());
+            let mut entry = Vec::new();
+            pb_bytes(&mut entry, 1, key.as_bytes());
+            pb_bytes(&mut entry, 2, &val);
+            pb_bytes(&mut st, 1, &entry);
+        }
+        pb_bytes(&mut out, 4, &st);
+    }
+    out
+}
+
+/// The first byte is the mode: even swaps in a valid CSR for the pod on the
+/// caller's node, odd keeps the CSR given.
+fn ca_request_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let with_mode = |mode: u8, body: Vec<u8>| {
+        let mut v = vec![mode];
+        v.extend(body);
+        v
+    };
+    let cart = "spiffe://cluster.local/ns/shop/sa/cart";
+    let vault = "spiffe://cluster.local/ns/bank/sa/vault";
+    let garbage_csr =
+        "-----BEGIN CERTIFICATE REQUEST-----\nMIIBAA==\n-----END CERTIFICATE REQUEST-----\n";
+    vec![
+        ("own-csr-san", with_mode(0, ca_request("", 86400, &[]))),
+        (
+            "impersonate-on-node",
+            with_mode(0, ca_request("", 3600, &[("ImpersonatedIdentity", cart)])),
+        ),
+        (
+            "impersonate-off-node",
+            with_mode(0, ca_request("", 3600, &[("ImpersonatedIdentity", vault)])),
+        ),
+        (
+            "other-trust-domain",
+            with_mode(
+                0,
+                ca_request(
+                    "",
+                    60,
+                    &[("ImpersonatedIdentity", "spiffe://elsewhere/ns/shop/sa/cart")],
+                ),
+            ),
+        ),
+        (
+            "not-spiffe",
+            with_mode(
+                0,
+                ca_request("", 60, &[("ImpersonatedIdentity", "https://x/ns/a/sa/b")]),
+            ),
+        ),
+        ("negative-ttl", with_mode(0, ca_request("", -1, &[]))),
+        (
+            "garbage-csr",
+            with_mode(
+                1,
+                ca_request(garbage_csr, 600, &[("ImpersonatedIdentity", cart)]),
+            ),
+        ),
+        ("empty", with_mode(0, Vec::new())),
+    ]
+}
+
 fn write(target: &str, seeds: Vec<(&'static str, Vec<u8>)>) {
     // `cargo run` knows the crate directory; a bare `rustc` build runs from fuzz/.
     let root = option_env!("CARGO_MANIFEST_DIR").unwrap_or(".");
@@ -384,4 +477,5 @@ fn main() {
     write("hbone_connect", hbone_connect_seeds());
     write("hbone_authority", hbone_authority_seeds());
     write("ztunnel_config", ztunnel_config_seeds());
+    write("ca_request", ca_request_seeds());
 }

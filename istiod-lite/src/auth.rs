@@ -1,6 +1,9 @@
 //! Who is calling: the xDS and CA services authenticate every stream or call
 //! from its `authorization: Bearer <token>` metadata.
 
+pub mod kube;
+pub mod tokens;
+
 use futures::future::BoxFuture;
 use mesh_core::Identity;
 

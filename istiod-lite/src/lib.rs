@@ -7,5 +7,6 @@ pub mod auth;
 pub mod ca;
 pub mod model;
 pub mod registry;
+pub mod server;
 pub mod translate;
 pub mod xds;

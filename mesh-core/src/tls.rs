@@ -3,14 +3,18 @@
 //! configurations of spec 2.1.
 
 mod ca;
+mod ca_client;
 mod cert;
 mod config;
+mod csr;
 mod store;
 pub mod verify;
 
 pub use ca::CertificateAuthority;
+pub use ca_client::{CaClientError, IMPERSONATED_IDENTITY, IstioCaClient};
 pub use cert::{LeafInfo, WorkloadCertificate, parse_certs, spiffe_identities};
 pub use config::{ALPN_H2, IdentityResolver, client_config, provider, server_config};
+pub use csr::{VerifiedCsr, new_csr};
 pub use store::{CertStore, CertificateSource, LocalCa, StaticCertificates};
 pub use verify::TrustBundle;
 
@@ -32,6 +36,15 @@ pub enum TlsError {
     Issue(String),
     #[error("no certificate is configured for {0}")]
     NoCertificateFor(Identity),
+    #[error("bad certificate signing request: {0}")]
+    Csr(String),
+    #[error("the signing request names {found} but the certificate is for {requested}")]
+    CsrIdentity {
+        requested: Box<Identity>,
+        found: String,
+    },
+    #[error(transparent)]
+    CaClient(Box<CaClientError>),
     #[error("asked for a certificate for {asked} but got one for {got}")]
     WrongIdentity {
         asked: Box<Identity>,

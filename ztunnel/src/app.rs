@@ -7,20 +7,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_core::control::{ControlPlane, TokenSource};
 use mesh_core::drain::{self, DrainOutcome, DrainTrigger, DrainWatcher};
 use mesh_core::hbone::{self, ClientSettings, Pool};
 use mesh_core::readiness::Readiness;
 use mesh_core::telemetry::LogControl;
 use mesh_core::tls::{
-    self, CertStore, CertificateAuthority, CertificateSource, LocalCa, StaticCertificates,
-    TrustBundle,
+    self, CertStore, CertificateAuthority, CertificateSource, IstioCaClient, LocalCa,
+    StaticCertificates, TrustBundle,
 };
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
-use crate::config::Config;
+use crate::config::{Config, ControlPlaneCa};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, inbound::Inbound};
 use crate::state::{State, StateError, StateStore};
@@ -34,6 +35,11 @@ pub enum AppError {
     },
     #[error("certificates: {0}")]
     Certificates(#[from] tls::TlsError),
+    #[error("proxy.certificates.controlPlane.rootCert {path}: {source}")]
+    ControlPlaneRoots {
+        path: PathBuf,
+        source: tls::TlsError,
+    },
     #[error("cannot bind the {listener} listener on {addr}: {source}")]
     Bind {
         listener: &'static str,
@@ -83,14 +89,29 @@ async fn read(path: &PathBuf) -> Result<Vec<u8>, AppError> {
     })
 }
 
+/// The certificate source and the peer-verification roots.
 async fn certificate_source(
     config: &Config,
-) -> Result<(Arc<dyn CertificateSource>, Vec<u8>), AppError> {
+) -> Result<(Arc<dyn CertificateSource>, Arc<TrustBundle>), AppError> {
     let c = &config.proxy.certificates;
     let mut roots = Vec::new();
     for r in &c.roots {
         roots.extend(read(r).await?);
         roots.push(b'\n');
+    }
+    if let Some(cp) = &c.control_plane {
+        // Until the first answer the bundle holds the configured roots only;
+        // the client then keeps it at those plus the CA's roots (spec 4).
+        let extra = if roots.iter().all(u8::is_ascii_whitespace) {
+            Vec::new()
+        } else {
+            tls::parse_certs(&roots, "trust roots")?
+        };
+        let bundle = Arc::new(TrustBundle::new(extra.clone())?);
+        let client = control_plane_ca(cp, &config.proxy.cluster_id)
+            .await?
+            .updating_trust_bundle(bundle.clone(), extra);
+        return Ok((Arc::new(client), bundle));
     }
     if let Some(ca) = &c.ca {
         let cert = String::from_utf8_lossy(&read(&ca.cert).await?).into_owned();
@@ -102,7 +123,7 @@ async fn certificate_source(
                 ca: ca_obj,
                 ttl: ca.ttl.0,
             }),
-            roots,
+            bundle_of(&roots)?,
         ));
     }
     let mut files = StaticCertificates::default();
@@ -112,17 +133,50 @@ async fn certificate_source(
         roots.push(b'\n');
         files.insert_pem(read(&f.cert).await?, read(&f.key).await?, root)?;
     }
-    Ok((Arc::new(files), roots))
+    Ok((Arc::new(files), bundle_of(&roots)?))
+}
+
+fn bundle_of(roots_pem: &[u8]) -> Result<Arc<TrustBundle>, AppError> {
+    Ok(Arc::new(TrustBundle::new(tls::parse_certs(
+        roots_pem,
+        "trust roots",
+    )?)?))
+}
+
+async fn control_plane_ca(
+    cp: &ControlPlaneCa,
+    cluster_id: &str,
+) -> Result<IstioCaClient, AppError> {
+    let root_pem = read(&cp.root_cert).await?;
+    let roots = tls::parse_certs(&root_pem, "controlPlane.rootCert").map_err(|e| {
+        AppError::ControlPlaneRoots {
+            path: cp.root_cert.clone(),
+            source: e,
+        }
+    })?;
+    let token = match (&cp.token, &cp.token_file) {
+        (Some(t), _) => Some(TokenSource::Literal(t.clone())),
+        (None, Some(path)) => Some(TokenSource::File(path.clone())),
+        (None, None) => None,
+    };
+    let control = ControlPlane {
+        address: cp.address.clone(),
+        server_name: cp.server_name.clone(),
+        roots,
+        token,
+        cluster_id: cp
+            .cluster_id
+            .clone()
+            .unwrap_or_else(|| cluster_id.to_string()),
+        headers: Vec::new(),
+    };
+    Ok(IstioCaClient::new(control, cp.impersonate, cp.ttl.0))
 }
 
 impl App {
     pub async fn build(config: Config, log: LogControl) -> Result<App, AppError> {
         let deadline = config.drain_deadline();
-        let (source, roots_pem) = certificate_source(&config).await?;
-        let roots = Arc::new(TrustBundle::new(tls::parse_certs(
-            &roots_pem,
-            "trust roots",
-        )?)?);
+        let (source, roots) = certificate_source(&config).await?;
         let certs = CertStore::new(source, roots);
         let state = Arc::new(StateStore::new(State::from_config(&config)?));
         let local_ref = config.proxy.workload.clone();

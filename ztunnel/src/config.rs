@@ -113,6 +113,9 @@ pub struct Certificates {
     /// Or use fixed certificates.
     #[serde(default)]
     pub files: Vec<CertFiles>,
+    /// Or fetch them from the control plane's CA (istiod or istiod-lite).
+    #[serde(default)]
+    pub control_plane: Option<ControlPlaneCa>,
     /// Extra trust roots (PEM files) besides those of the certificates.
     #[serde(default)]
     pub roots: Vec<PathBuf>,
@@ -129,6 +132,36 @@ pub struct LocalCaConfig {
 
 fn default_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(24 * 3600))
+}
+
+/// The control plane's CA (spec 4): certificates for the served workloads'
+/// identities, renewed at half-life; peers are verified with the roots the CA
+/// returns.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlPlaneCa {
+    /// `https://host:port` (15012).
+    pub address: String,
+    /// Name to verify the server certificate against; the address's host when unset.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM root(s) that sign the control plane's serving certificate.
+    pub root_cert: PathBuf,
+    /// Bearer token, literally...
+    #[serde(default)]
+    pub token: Option<String>,
+    /// ...or read from this file on every request (rotated tokens).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// `clusterid` metadata; `proxy.clusterId` when unset.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    #[serde(default = "default_ttl")]
+    pub ttl: HumanDuration,
+    /// Ask for workload identities with this proxy's own credential (a node
+    /// proxy serving many workloads).
+    #[serde(default)]
+    pub impersonate: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -254,6 +287,12 @@ impl Config {
             fix(&mut f.roots);
         }
         c.roots.iter_mut().for_each(fix);
+        if let Some(cp) = &mut c.control_plane {
+            fix(&mut cp.root_cert);
+            if let Some(t) = &mut cp.token_file {
+                fix(t);
+            }
+        }
     }
 
     fn fill_defaults(&mut self) {
@@ -280,11 +319,35 @@ impl Config {
             message,
         };
         let certs = &self.proxy.certificates;
-        if certs.ca.is_none() && certs.files.is_empty() {
+        let sources = usize::from(certs.ca.is_some())
+            + usize::from(!certs.files.is_empty())
+            + usize::from(certs.control_plane.is_some());
+        if sources != 1 {
             return Err(invalid(
                 "proxy.certificates".into(),
-                "set either ca (a root certificate and key to issue from) or files".into(),
+                "set exactly one of ca (a root certificate and key to issue from), files, or controlPlane".into(),
             ));
+        }
+        if let Some(cp) = &certs.control_plane {
+            let field = |f: &str| format!("proxy.certificates.controlPlane.{f}");
+            if !cp.address.starts_with("https://") {
+                return Err(invalid(
+                    field("address"),
+                    format!("{:?} must be an https:// URL", cp.address),
+                ));
+            }
+            if cp.token.is_some() && cp.token_file.is_some() {
+                return Err(invalid(
+                    field("token"),
+                    "set token or tokenFile, not both".into(),
+                ));
+            }
+            if cp.ttl.0 < Duration::from_secs(60) {
+                return Err(invalid(
+                    field("ttl"),
+                    format!("{:?} is too short; at least 1m", cp.ttl.0),
+                ));
+            }
         }
         let mut uids = HashSet::new();
         for (i, w) in self.workloads.iter().enumerate() {

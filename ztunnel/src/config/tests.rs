@@ -215,3 +215,46 @@ fn bare_second_counts_are_bounded() {
         "{err}"
     );
 }
+
+#[test]
+fn a_control_plane_ca_is_parsed_with_defaults_and_bad_settings_are_named() {
+    let cp = "controlPlane: {address: 'https://istiod.istio-system.svc:15012', rootCert: ca.pem, tokenFile: token, impersonate: true}";
+    let text = MINIMAL.replacen("ca: {cert: root.pem, key: root.key}", cp, 1);
+    let c = Config::parse(&text).unwrap();
+    let got = c.proxy.certificates.control_plane.as_ref().unwrap();
+    assert_eq!(got.ttl.0, Duration::from_secs(24 * 3600));
+    assert!(got.impersonate);
+    assert_eq!(got.token_file.as_deref(), Some(Path::new("token")));
+    assert_eq!(got.cluster_id, None);
+
+    // Each case is the whole `certificates:` value.
+    let cases = [
+        (
+            "{controlPlane: {address: 'http://istiod:15012', rootCert: ca.pem}}",
+            "proxy.certificates.controlPlane.address",
+        ),
+        (
+            "{controlPlane: {address: 'https://istiod:15012', rootCert: ca.pem, token: a, tokenFile: b}}",
+            "proxy.certificates.controlPlane.token",
+        ),
+        (
+            "{controlPlane: {address: 'https://istiod:15012', rootCert: ca.pem, ttl: 10s}}",
+            "proxy.certificates.controlPlane.ttl",
+        ),
+        (
+            "{controlPlane: {address: 'https://istiod:15012'}}",
+            "rootCert",
+        ),
+        (
+            "{ca: {cert: root.pem, key: root.key}, controlPlane: {address: 'https://istiod:15012', rootCert: ca.pem}}",
+            "exactly one of",
+        ),
+    ];
+    for (certs, want) in cases {
+        let from = "certificates:\n    ca: {cert: root.pem, key: root.key}";
+        assert!(MINIMAL.contains(from));
+        let text = MINIMAL.replacen(from, &format!("certificates: {certs}"), 1);
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains(want), "{certs}: {err}");
+    }
+}

@@ -1,0 +1,303 @@
+//! ztunnel with `certificates.controlPlane`: at start it fetches its
+//! workload's certificate from a CA over TLS (a scripted CA in this test that
+//! signs real CSRs), and its HBONE listener verifies peers with the roots
+//! that CA returned, not with the roots of the control plane's own TLS.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use mesh_api::istio::v1::auth::istio_certificate_service_server::{
+    IstioCertificateService, IstioCertificateServiceServer,
+};
+use mesh_api::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
+use mesh_core::Identity;
+use mesh_core::telemetry::LogControl;
+use mesh_core::tls::{CertStore, CertificateAuthority, LocalCa, TrustBundle, VerifiedCsr};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use ztunnel::{App, Config};
+
+const TOKEN: &str = "node-a-token";
+const SERVER: &str = "spiffe://cluster.local/ns/default/sa/server";
+
+/// (identity in the CSR, `ImpersonatedIdentity` metadata) of each request.
+type Requests = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// Signs whatever an authorized caller asks for and records who asked for what.
+#[derive(Clone)]
+struct ScriptedCa {
+    ca: Arc<CertificateAuthority>,
+    seen: Requests,
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for ScriptedCa {
+    async fn create_certificate(
+        &self,
+        request: tonic::Request<IstioCertificateRequest>,
+    ) -> Result<tonic::Response<IstioCertificateResponse>, tonic::Status> {
+        let auth = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if auth != Some(&format!("Bearer {TOKEN}")) {
+            return Err(tonic::Status::unauthenticated("wrong token"));
+        }
+        let body = request.into_inner();
+        let csr = VerifiedCsr::parse(&body.csr)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let identity = csr
+            .identity()
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let impersonated = body
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get("ImpersonatedIdentity"))
+            .and_then(|v| match &v.kind {
+                Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            });
+        self.seen
+            .lock()
+            .unwrap()
+            .push((identity.to_string(), impersonated));
+        let leaf = self
+            .ca
+            .sign_verified_csr(
+                &csr,
+                &identity,
+                Duration::from_secs(body.validity_duration as u64),
+            )
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        Ok(tonic::Response::new(IstioCertificateResponse {
+            cert_chain: vec![leaf, self.ca.root_pem().to_string()],
+        }))
+    }
+}
+
+struct Tls(TlsStream<TcpStream>);
+
+impl Connected for Tls {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.0.get_ref().0.connect_info()
+    }
+}
+
+impl AsyncRead for Tls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// Serves the scripted CA over TLS with a DNS certificate from `serving`.
+async fn serve(ca: ScriptedCa, serving: &CertificateAuthority) -> std::net::SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let (chain, key) = serving
+        .issue_server(&["istiod.test".to_string()], Duration::from_secs(3600))
+        .unwrap();
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(mesh_core::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Tls, std::io::Error>>(8);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                let _ = tx.send(Ok(Tls(tls))).await;
+            }
+        }
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IstioCertificateServiceServer::new(ca))
+            .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    );
+    addr
+}
+
+fn config(ca_addr: std::net::SocketAddr, serving_root: &std::path::Path) -> Config {
+    Config::parse(&format!(
+        "
+proxy:
+  workload: default/server
+  certificates:
+    controlPlane:
+      address: https://127.0.0.1:{port}
+      serverName: istiod.test
+      rootCert: {root}
+      token: {TOKEN}
+      ttl: 1h
+      impersonate: true
+  listeners:
+    outbound: 127.0.0.1:0
+    inbound: 127.0.0.1:0
+    inboundPlaintext: 127.0.0.1:0
+    admin: 127.0.0.1:0
+    metrics: 127.0.0.1:0
+    readiness: 127.0.0.1:0
+  packetMark: null
+workloads:
+- name: server
+  namespace: default
+  serviceAccount: server
+  addresses: [127.0.0.1]
+",
+        port = ca_addr.port(),
+        root = serving_root.display(),
+    ))
+    .unwrap()
+}
+
+/// A TLS handshake with ztunnel's HBONE listener as a client whose
+/// certificate comes from `issuer`, expecting the server to be `SERVER` under
+/// `mesh_root`. Ok when both sides accept.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    mesh_root: &CertificateAuthority,
+    issuer: CertificateAuthority,
+) -> Result<(), String> {
+    let client: Identity = "spiffe://cluster.local/ns/default/sa/client"
+        .parse()
+        .unwrap();
+    let roots = Arc::new(TrustBundle::new(vec![mesh_root.root_der().clone()]).unwrap());
+    let store = CertStore::new(
+        Arc::new(LocalCa {
+            ca: issuer,
+            ttl: Duration::from_secs(600),
+        }),
+        roots.clone(),
+    );
+    store.prefetch(&client).await.map_err(|e| e.to_string())?;
+    let config = mesh_core::tls::client_config(store, roots, client, vec![SERVER.parse().unwrap()]);
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    // TLS 1.3: a refused client certificate shows on the first exchange after the handshake.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.flush().await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 9];
+    tokio::io::AsyncReadExt::read_exact(&mut tls, &mut buf)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn certificates_and_peer_roots_come_from_the_control_plane_ca() {
+    let mesh_root = Arc::new(CertificateAuthority::generate("mesh").unwrap());
+    // The control plane's serving certificate comes from a different root, so
+    // a working handshake below proves peers are checked with the CA's roots.
+    let serving_root = CertificateAuthority::generate("serving").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root_file = dir.path().join("istiod-root.pem");
+    std::fs::write(&root_file, serving_root.root_pem()).unwrap();
+    let scripted = ScriptedCa {
+        ca: mesh_root.clone(),
+        seen: Arc::default(),
+    };
+    let addr = serve(scripted.clone(), &serving_root).await;
+
+    let app = App::build(config(addr, &root_file), LogControl::detached())
+        .await
+        .unwrap();
+    assert_eq!(
+        scripted.seen.lock().unwrap().as_slice(),
+        &[(SERVER.to_string(), Some(SERVER.to_string()))]
+    );
+    let inbound = app.addresses.inbound;
+    let shutdown = app.shutdown();
+    let running = tokio::spawn(app.run());
+
+    let mesh_issuer =
+        CertificateAuthority::from_pem(mesh_root.root_pem(), &mesh_root.key_pem()).unwrap();
+    handshake(inbound, &mesh_root, mesh_issuer).await.unwrap();
+    // The server refuses a client from another root.
+    let err = handshake(
+        inbound,
+        &mesh_root,
+        CertificateAuthority::generate("stranger").unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(!err.is_empty());
+
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_refusing_ca_fails_start_up_with_the_address_named() {
+    let mesh_root = Arc::new(CertificateAuthority::generate("mesh").unwrap());
+    let serving_root = CertificateAuthority::generate("serving").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root_file = dir.path().join("istiod-root.pem");
+    std::fs::write(&root_file, serving_root.root_pem()).unwrap();
+    let addr = serve(
+        ScriptedCa {
+            ca: mesh_root,
+            seen: Arc::default(),
+        },
+        &serving_root,
+    )
+    .await;
+    let mut config = config(addr, &root_file);
+    config
+        .proxy
+        .certificates
+        .control_plane
+        .as_mut()
+        .unwrap()
+        .token = Some("wrong".into());
+    let err = App::build(config, LogControl::detached())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("127.0.0.1:{}", addr.port())) && err.contains("wrong token"),
+        "{err}"
+    );
+}
