@@ -1,1 +1,3 @@
 //! The directory source: Kubernetes YAML files in a directory tree, watched live.
+
+pub mod parse;
