@@ -177,7 +177,7 @@ async fn a_broken_edit_keeps_the_last_good_objects_and_reports_file_and_line() -
     assert_eq!(
         errors,
         [format!(
-            "{}:7: field `spec.rules[0].to[0].operation.ports`: invalid type: integer `80`, expected a sequence",
+            "{}:14: field `spec.rules[0].to[0].operation.ports`: invalid type: integer `80`, expected a sequence",
             source.root().join("mesh.yaml").display()
         )]
     );

@@ -11,6 +11,7 @@
 //! `watch.shutdown(deadline).await` on exit.
 
 pub mod index;
+pub mod locate;
 pub mod parse;
 pub mod scan;
 pub mod source;

@@ -10,6 +10,8 @@ use serde_json::Value;
 
 use crate::model::{Kind, Object};
 
+use super::locate::{Segment, line_of, segments};
+
 /// Why a document was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DocumentProblem {
@@ -111,11 +113,11 @@ pub fn parse_file(file: &Path, text: &str) -> ParsedFile {
                             line: raw.line,
                             object,
                         }),
-                        Err(problem) => fail(raw.line, problem),
+                        Err(refusal) => fail(refusal.line_in(&raw), refusal.problem),
                     }
                 }
             }
-            Err(problem) => fail(raw.line, problem),
+            Err(refusal) => fail(refusal.line_in(&raw), refusal.problem),
         }
     }
     parsed
@@ -218,36 +220,64 @@ fn without_position(e: &serde_yaml::Error) -> String {
     }
 }
 
+/// A refused document or List item, and where in it the problem is.
+struct Refusal {
+    problem: DocumentProblem,
+    /// Path of the failing value within the document; empty for the whole.
+    at: Vec<Segment>,
+}
+
+impl Refusal {
+    fn whole(problem: DocumentProblem) -> Self {
+        Self {
+            problem,
+            at: Vec::new(),
+        }
+    }
+
+    /// The file line of the failing value, else of the document start.
+    fn line_in(&self, raw: &RawDocument) -> usize {
+        if self.at.is_empty() {
+            return raw.line;
+        }
+        line_of(&raw.text, &self.at).map_or(raw.line, |l| raw.line + l.saturating_sub(1))
+    }
+}
+
 /// One document's value to objects: several for a `List`, none for a kind the
 /// registry does not watch. The outer error refuses the whole document.
-fn read_document(
-    value: Value,
-    line: usize,
-) -> Result<Vec<Result<Object, DocumentProblem>>, DocumentProblem> {
+fn read_document(value: Value, line: usize) -> Result<Vec<Result<Object, Refusal>>, Refusal> {
     let Value::Object(map) = &value else {
-        return Err(DocumentProblem::NotAMapping(json_type(&value)));
+        return Err(Refusal::whole(DocumentProblem::NotAMapping(json_type(
+            &value,
+        ))));
     };
     let kind = match map.get("kind") {
         Some(Value::String(kind)) => kind.as_str(),
-        Some(Value::Null) | None => return Err(DocumentProblem::MissingKind),
+        Some(Value::Null) | None => return Err(Refusal::whole(DocumentProblem::MissingKind)),
         Some(other) => {
-            return Err(DocumentProblem::InvalidField {
-                path: "kind".into(),
-                message: format!("expected a string, found {}", json_type(other)),
+            return Err(Refusal {
+                problem: DocumentProblem::InvalidField {
+                    path: "kind".into(),
+                    message: format!("expected a string, found {}", json_type(other)),
+                },
+                at: vec![Segment::Key("kind".into())],
             });
         }
     };
     if kind == "List" {
         let Some(Value::Array(items)) = map.get("items") else {
-            return Err(DocumentProblem::ListWithoutItems);
+            return Err(Refusal {
+                problem: DocumentProblem::ListWithoutItems,
+                at: vec![Segment::Key("items".into())],
+            });
         };
         let mut objects = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
-            let result = read_object(item.clone(), line).map_err(|p| in_list_item(p, index));
-            match result {
+            match read_object(item.clone(), line) {
                 Ok(Some(object)) => objects.push(Ok(object)),
                 Ok(None) => {}
-                Err(problem) => objects.push(Err(problem)),
+                Err(refusal) => objects.push(Err(in_list_item(refusal, index))),
             }
         }
         return Ok(objects);
@@ -255,7 +285,16 @@ fn read_document(
     Ok(read_object(value, line).transpose().into_iter().collect())
 }
 
-fn in_list_item(problem: DocumentProblem, index: usize) -> DocumentProblem {
+fn in_list_item(refusal: Refusal, index: usize) -> Refusal {
+    let mut at = vec![Segment::Key("items".into()), Segment::Index(index)];
+    at.extend(refusal.at);
+    Refusal {
+        problem: in_list_item_problem(refusal.problem, index),
+        at,
+    }
+}
+
+fn in_list_item_problem(problem: DocumentProblem, index: usize) -> DocumentProblem {
     match problem {
         DocumentProblem::InvalidField { path, message } => DocumentProblem::InvalidField {
             path: format!("items[{index}].{path}"),
@@ -273,27 +312,36 @@ fn in_list_item(problem: DocumentProblem, index: usize) -> DocumentProblem {
 }
 
 /// A single object's value to an `Object`; `None` for an unwatched kind.
-fn read_object(mut value: Value, line: usize) -> Result<Option<Object>, DocumentProblem> {
+fn read_object(mut value: Value, line: usize) -> Result<Option<Object>, Refusal> {
     let Value::Object(map) = &mut value else {
-        return Err(DocumentProblem::NotAMapping(json_type(&value)));
+        return Err(Refusal::whole(DocumentProblem::NotAMapping(json_type(
+            &value,
+        ))));
     };
     let kind_name = match map.get("kind") {
         Some(Value::String(kind)) => kind.clone(),
-        _ => return Err(DocumentProblem::MissingKind),
+        _ => return Err(Refusal::whole(DocumentProblem::MissingKind)),
     };
-    let Some(kind) = watched_kind(&kind_name)? else {
+    let Some(kind) = watched_kind(&kind_name).map_err(|problem| Refusal {
+        problem,
+        at: vec![Segment::Key("kind".into())],
+    })?
+    else {
         tracing::debug!(kind = %kind_name, line, "skipping a document of a kind the registry does not watch");
         return Ok(None);
     };
     let api_version = match map.get("apiVersion") {
         Some(Value::String(v)) => v.clone(),
-        _ => return Err(DocumentProblem::MissingApiVersion(kind)),
+        _ => return Err(Refusal::whole(DocumentProblem::MissingApiVersion(kind))),
     };
     if !accepted_api_version(kind, &api_version) {
-        return Err(DocumentProblem::UnknownApiVersion {
-            kind,
-            found: api_version,
-            expected: kind.api_version(),
+        return Err(Refusal {
+            problem: DocumentProblem::UnknownApiVersion {
+                kind,
+                found: api_version,
+                expected: kind.api_version(),
+            },
+            at: vec![Segment::Key("apiVersion".into())],
         });
     }
     // Served versions of one group share the schema we read; the typed
@@ -307,14 +355,22 @@ fn read_object(mut value: Value, line: usize) -> Result<Option<Object>, Document
         .entry("metadata")
         .or_insert_with(|| Value::Object(Default::default()));
     let Value::Object(metadata) = metadata else {
-        return Err(DocumentProblem::InvalidField {
-            path: "metadata".into(),
-            message: format!("expected a mapping, found {}", json_type(metadata)),
+        return Err(Refusal {
+            problem: DocumentProblem::InvalidField {
+                path: "metadata".into(),
+                message: format!("expected a mapping, found {}", json_type(metadata)),
+            },
+            at: vec![Segment::Key("metadata".into())],
         });
     };
     match metadata.get("name") {
         Some(Value::String(name)) if !name.is_empty() => {}
-        _ => return Err(DocumentProblem::MissingName),
+        _ => {
+            return Err(Refusal {
+                problem: DocumentProblem::MissingName,
+                at: vec![Segment::Key("metadata".into())],
+            });
+        }
     }
     if kind.namespaced() {
         match metadata.get("namespace") {
@@ -330,13 +386,17 @@ fn read_object(mut value: Value, line: usize) -> Result<Option<Object>, Document
     }
     Object::from_value(kind, value).map(Some).map_err(|e| {
         let path = e.path().to_string();
-        if path == "." {
+        let problem = if path == "." {
             DocumentProblem::InvalidDocument(e.inner().to_string())
         } else {
             DocumentProblem::InvalidField {
                 path,
                 message: e.inner().to_string(),
             }
+        };
+        Refusal {
+            problem,
+            at: segments(e.path()),
         }
     })
 }

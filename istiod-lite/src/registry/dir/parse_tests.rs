@@ -67,11 +67,11 @@ fn a_list_is_expanded_and_its_bad_items_name_their_index() {
     assert_eq!(keys(&parsed), ["Namespace a", "Pod ns/p"]);
     assert_eq!(
         messages(&parsed),
-        ["cfg/mesh.yaml:1: field `items[2]`: missing `metadata.name`"]
+        ["cfg/mesh.yaml:12: field `items[2]`: missing `metadata.name`"]
     );
     assert_eq!(
         messages(&parse("apiVersion: v1\nkind: List\nitems: 3\n")),
-        ["cfg/mesh.yaml:1: `items` of a List must be a sequence"]
+        ["cfg/mesh.yaml:3: `items` of a List must be a sequence"]
     );
 }
 
@@ -122,11 +122,11 @@ fn each_error_names_file_line_and_reason() {
         ),
         (
             "apiVersion: v1\nkind: namespace\nmetadata: {name: a}\n",
-            "cfg/mesh.yaml:1: unknown kind `namespace`; did you mean `Namespace`?",
+            "cfg/mesh.yaml:2: unknown kind `namespace`; did you mean `Namespace`?",
         ),
         (
             "apiVersion: v1\nkind: Name-space\nmetadata: {name: a}\n",
-            "cfg/mesh.yaml:1: unknown kind `Name-space`",
+            "cfg/mesh.yaml:2: unknown kind `Name-space`",
         ),
         (
             "kind: Pod\nmetadata: {name: a}\n",
@@ -138,11 +138,15 @@ fn each_error_names_file_line_and_reason() {
         ),
         (
             "apiVersion: v1\nkind: Pod\nmetadata:\n  namespace: ns\n",
+            "cfg/mesh.yaml:4: missing `metadata.name`",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\n",
             "cfg/mesh.yaml:1: missing `metadata.name`",
         ),
         (
             "apiVersion: v1\nkind: Pod\nmetadata: [a]\n",
-            "cfg/mesh.yaml:1: field `metadata`: expected a mapping, found a sequence",
+            "cfg/mesh.yaml:3: field `metadata`: expected a mapping, found a sequence",
         ),
         (
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n",
@@ -162,7 +166,7 @@ fn each_error_names_file_line_and_reason() {
 }
 
 #[test]
-fn a_field_of_the_wrong_type_names_its_path_and_document_line() {
+fn a_field_of_the_wrong_type_names_its_path_and_line() {
     let parsed = parse(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n---\n\
          apiVersion: security.istio.io/v1\n\
@@ -174,7 +178,7 @@ fn a_field_of_the_wrong_type_names_its_path_and_document_line() {
     assert_eq!(
         messages(&parsed),
         [
-            "cfg/mesh.yaml:5: field `spec.rules[0].to[0].operation.ports`: invalid type: integer `80`, expected a sequence"
+            "cfg/mesh.yaml:12: field `spec.rules[0].to[0].operation.ports`: invalid type: integer `80`, expected a sequence"
         ]
     );
 }
