@@ -353,6 +353,20 @@ async fn shutdown_ends_the_watcher_within_its_deadline() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_watch_ends_the_task_and_releases_the_registry() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (registry, source, watch) = start(dir.path()).await?;
+    let mut updates = registry.subscribe();
+    drop(registry);
+    drop(source);
+    drop(watch);
+    // The task held the last other handle on the registry: once it has
+    // ended, the channel reports that its sender is gone.
+    tokio::time::timeout(PATIENCE, async { while updates.changed().await.is_ok() {} }).await?;
+    Ok(())
+}
+
 #[test]
 fn a_missing_directory_or_a_file_is_refused_by_name() -> Result<()> {
     let dir = tempfile::tempdir()?;

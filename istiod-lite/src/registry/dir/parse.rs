@@ -240,7 +240,11 @@ impl Refusal {
         if self.at.is_empty() {
             return raw.line;
         }
-        line_of(&raw.text, &self.at).map_or(raw.line, |l| raw.line + l.saturating_sub(1))
+        // libyaml also breaks lines at a lone `\r` and at Unicode line
+        // separators; never point past the document's own lines.
+        let last = raw.line + raw.text.lines().count().saturating_sub(1);
+        line_of(&raw.text, &self.at)
+            .map_or(raw.line, |l| (raw.line + l.saturating_sub(1)).min(last))
     }
 }
 

@@ -203,3 +203,25 @@ fn binary_garbage_is_an_error_not_a_panic() {
     assert!(parsed.objects.is_empty());
     assert!(!parsed.errors.is_empty());
 }
+
+#[test]
+fn lines_stay_inside_the_text_whatever_its_line_breaks() {
+    let inputs = [
+        "apiVersion: v1\r\nkind: Pod\r\nmetadata: {name: p}\r\nspec:\r\n  containers: 3\r\n",
+        "apiVersion: v1\rkind: Pod\rmetadata: {name: p}\rspec:\r  containers: 3\r",
+        "apiVersion: v1\u{2028}kind: Pod\u{2028}spec: {containers: 3}\nmetadata: {name: p}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [\n",
+        "---\n---\n...\n---",
+        "a: &x [*x]\n",
+    ];
+    for text in inputs {
+        let parsed = parse(text);
+        let lines = text.split('\n').count();
+        for error in &parsed.errors {
+            assert!(
+                (1..=lines).contains(&error.line),
+                "{text:?}: {error} outside 1..={lines}"
+            );
+        }
+    }
+}
