@@ -5,6 +5,11 @@
 //! `source` does the file I/O and status files; `watch` runs the notify
 //! watcher and debounce loop with a shutdown path.
 //!
+//! Sources are `*.yaml`/`*.yml` files anywhere below the directory, except
+//! hidden ones (or under hidden directories) and `*.status.yaml`, which are
+//! the status files this source writes. A file with a refused document keeps
+//! the objects it defined before, until it is valid again or deleted.
+//!
 //! Wiring: `DirSource::new(dir, registry)?.spawn()?`, then
 //! `watch.synced().await?` before serving; `source.errors()` for `/debug`;
 //! `source.write_status(&conditions)?` when conditions change;

@@ -86,7 +86,8 @@ impl DirSource {
         for file in &targets {
             changes.extend(self.reread(&mut state.index, file));
         }
-        drop(state);
+        // Applied under the lock: two rescans must reach the registry in the
+        // order their index updates happened.
         if !changes.is_empty() {
             tracing::debug!(
                 files = targets.len(),
@@ -95,6 +96,7 @@ impl DirSource {
             );
             self.registry.apply(changes);
         }
+        drop(state);
     }
 
     fn reread(&self, index: &mut FileIndex, file: &Path) -> Vec<crate::registry::Change> {
