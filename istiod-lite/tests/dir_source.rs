@@ -342,6 +342,19 @@ async fn status_files_are_written_beside_sources_and_never_read_back() -> Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_file_left_by_an_earlier_run_is_removed_when_it_has_nothing_to_say() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    fs::write(dir.path().join("deny.yaml"), policy("deny"))?;
+    fs::write(dir.path().join("deny.status.yaml"), "---\nstale: true\n")?;
+    let (_registry, source, watch) = start(dir.path()).await?;
+    source.write_status(&[])?;
+    assert!(!dir.path().join("deny.status.yaml").exists());
+    watch.shutdown(PATIENCE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_the_watcher_within_its_deadline() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (_registry, _source, watch) = start(dir.path()).await?;

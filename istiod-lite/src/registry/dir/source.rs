@@ -144,8 +144,8 @@ impl DirSource {
 
     /// Writes `<stem>.status.yaml` beside each source file whose objects have
     /// conditions, rewriting only changed files, and removes status files
-    /// whose objects no longer have any. Conditions of objects no file
-    /// defines are ignored.
+    /// whose objects no longer have any (also ones left by an earlier run).
+    /// Conditions of objects no file defines are ignored.
     pub fn write_status(&self, conditions: &[ObjectCondition]) -> Result<(), DirError> {
         let mut state = self.lock();
         let timed = state.times.update(conditions, &rfc3339_now());
@@ -166,7 +166,10 @@ impl DirSource {
             write_if_changed(path, &render_status(entries))?;
             written.insert(path.clone());
         }
-        for stale in state.status_files.difference(&written) {
+        // Status files of an earlier run are ours too: any beside a source.
+        let mut ours: BTreeSet<PathBuf> = state.index.files().map(status_path).collect();
+        ours.extend(state.status_files.iter().cloned());
+        for stale in ours.difference(&written) {
             match fs::remove_file(stale) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
