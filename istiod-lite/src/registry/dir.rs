@@ -15,20 +15,20 @@
 //! `source.write_status(&conditions)?` when conditions change;
 //! `watch.shutdown(deadline).await` on exit.
 
-pub mod index;
-pub mod locate;
+mod index;
+mod locate;
 pub mod parse;
-pub mod scan;
-pub mod source;
-pub mod status;
-pub mod watch;
+mod scan;
+mod source;
+mod status;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use parse::{DocumentError, DocumentProblem, parse_file};
+pub use parse::{DocumentError, DocumentProblem, ParsedFile, ParsedObject, parse_file};
 pub use source::DirSource;
-pub use watch::DirWatch;
+pub use watch::{DEBOUNCE, DirWatch};
 
 /// What can go wrong running the directory source (refused documents are not
 /// errors of the source: they are reported by `DirSource::errors`).

@@ -35,9 +35,9 @@ pub struct DirWatch {
 
 /// What a batch of events asks for.
 #[derive(Debug, Default, PartialEq)]
-pub struct Pending {
-    pub everything: bool,
-    pub paths: BTreeSet<PathBuf>,
+struct Pending {
+    everything: bool,
+    paths: BTreeSet<PathBuf>,
 }
 
 impl DirSource {
@@ -167,7 +167,7 @@ async fn run(
 }
 
 /// Adds what one watcher event asks for to `pending`.
-pub fn note(root: &Path, event: notify::Result<Event>, pending: &mut Pending) {
+fn note(root: &Path, event: notify::Result<Event>, pending: &mut Pending) {
     let event = match event {
         Ok(event) => event,
         Err(e) => {
