@@ -460,6 +460,50 @@ fn ca_request_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("empty", with_mode(0, Vec::new())),
     ]
+/// Directory-source files: valid multi-document files and one of each refusal.
+fn registry_yaml_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    [
+        (
+            "multi",
+            "# mesh\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns1\n  labels: {istio.io/dataplane-mode: ambient}\n---\n\
+apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa, namespace: ns1}\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ns1, labels: {app: echo}}\nspec:\n  serviceAccountName: sa\n  nodeName: n1\n  containers: [{name: c, image: echo}]\nstatus: {podIP: 10.0.0.2, podIPs: [{ip: 10.0.0.2}]}\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: echo}\nspec:\n  selector: {app: echo}\n  clusterIP: 10.96.0.10\n  ports: [{port: 80, targetPort: 9000}]\n---\n\
+apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n...\n",
+        ),
+        (
+            "istio",
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: ns1}\nspec:\n  action: DENY\n  selector: {matchLabels: {app: echo}}\n  rules:\n  - from: [{source: {namespaces: [x], principals: ['cluster.local/ns/a/sa/b']}}]\n    to: [{operation: {ports: ['80'], methods: [GET], paths: ['/admin*']}}]\n    when: [{key: source.ip, values: [10.0.0.0/8]}]\n---\n\
+apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: ns1}\nspec:\n  mtls: {mode: STRICT}\n  portLevelMtls: {9000: {mode: DISABLE}}\n---\n\
+apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [example.com]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: DNS\n  location: MESH_EXTERNAL\n",
+        ),
+        (
+            "gateway",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: ns1, labels: {istio.io/waypoint-for: service}}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: ns1}\nspec:\n  parentRefs: [{group: '', kind: Service, name: echo}]\n  rules: [{backendRefs: [{name: echo, port: 80}]}]\n",
+        ),
+        (
+            "list",
+            "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n- {apiVersion: apps/v1, kind: Deployment, metadata: {name: d}}\n- {apiVersion: v1, kind: Namespace, metadata: {}}\n- 3\n",
+        ),
+        (
+            "marker_line",
+            "--- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n--- # c\n--- !!map {kind: Pod}\n",
+        ),
+        (
+            "refusals",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: [x}\n---\n- a\n---\nmetadata: {name: a}\n---\nkind: pod\napiVersion: v1\n---\n\
+kind: Pod\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Pod\nmetadata: {namespace: x}\n---\n\
+apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {rules: [{to: [{operation: {ports: 80}}]}]}\n",
+        ),
+        (
+            "anchors",
+            "base: &b {apiVersion: v1, kind: Namespace}\n---\n<<: &m {apiVersion: v1, kind: Namespace}\nmetadata: {name: merged}\n---\na: &x [*x]\n",
+        ),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n, s.as_bytes().to_vec()))
+    .collect()
 }
 
 fn write(target: &str, seeds: Vec<(&'static str, Vec<u8>)>) {
@@ -478,4 +522,5 @@ fn main() {
     write("hbone_authority", hbone_authority_seeds());
     write("ztunnel_config", ztunnel_config_seeds());
     write("ca_request", ca_request_seeds());
+    write("registry_yaml", registry_yaml_seeds());
 }

@@ -1,0 +1,227 @@
+use super::*;
+use crate::model::NamespacedName;
+
+fn parse(text: &str) -> ParsedFile {
+    parse_file(Path::new("cfg/mesh.yaml"), text)
+}
+
+fn messages(parsed: &ParsedFile) -> Vec<String> {
+    parsed.errors.iter().map(ToString::to_string).collect()
+}
+
+fn keys(parsed: &ParsedFile) -> Vec<String> {
+    parsed
+        .objects
+        .iter()
+        .map(|o| o.object.key().to_string())
+        .collect()
+}
+
+#[test]
+fn reads_every_document_of_a_multi_document_file() {
+    let parsed = parse(
+        "# leading comment\n\
+         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns1\n\
+         ---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: sa\n  namespace: ns1\n\
+         --- # comment after the marker\n\
+         \n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny\nspec: {}\n",
+    );
+    assert!(parsed.errors.is_empty(), "{:?}", messages(&parsed));
+    assert_eq!(
+        keys(&parsed),
+        [
+            "Namespace ns1",
+            "ServiceAccount ns1/sa",
+            "AuthorizationPolicy default/deny"
+        ]
+    );
+    let lines: Vec<usize> = parsed.objects.iter().map(|o| o.line).collect();
+    assert_eq!(lines, [2, 7, 14]);
+}
+
+#[test]
+fn empty_and_comment_only_documents_are_skipped() {
+    let parsed = parse("---\n# only a comment\n---\n\n---\n...\n---\n~\n");
+    assert_eq!(parsed, ParsedFile::default());
+    assert_eq!(parse(""), ParsedFile::default());
+}
+
+#[test]
+fn content_on_the_marker_line_is_read() {
+    let parsed = parse("--- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n");
+    assert_eq!(keys(&parsed), ["Namespace a"]);
+    assert_eq!(parsed.objects[0].line, 1);
+}
+
+#[test]
+fn a_list_is_expanded_and_its_bad_items_name_their_index() {
+    let parsed = parse(
+        "apiVersion: v1\nkind: List\nitems:\n\
+         - apiVersion: v1\n  kind: Namespace\n  metadata: {name: a}\n\
+         - apiVersion: apps/v1\n  kind: Deployment\n  metadata: {name: skipped}\n\
+         - apiVersion: v1\n  kind: Namespace\n  metadata: {}\n\
+         - apiVersion: v1\n  kind: Pod\n  metadata: {name: p, namespace: ns}\n",
+    );
+    assert_eq!(keys(&parsed), ["Namespace a", "Pod ns/p"]);
+    assert_eq!(
+        messages(&parsed),
+        ["cfg/mesh.yaml:12: field `items[2]`: missing `metadata.name`"]
+    );
+    assert_eq!(
+        messages(&parse("apiVersion: v1\nkind: List\nitems: 3\n")),
+        ["cfg/mesh.yaml:3: `items` of a List must be a sequence"]
+    );
+}
+
+#[test]
+fn unwatched_kinds_are_skipped_without_error() {
+    let parsed = parse(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n",
+    );
+    assert_eq!(parsed, ParsedFile::default());
+}
+
+#[test]
+fn a_namespaced_kind_without_namespace_goes_to_default() {
+    let parsed = parse("apiVersion: v1\nkind: Service\nmetadata: {name: web}\n");
+    assert_eq!(
+        parsed.objects[0].object.key().name,
+        NamespacedName::new("default", "web")
+    );
+}
+
+#[test]
+fn another_served_version_of_a_group_is_accepted() {
+    let parsed = parse(
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: ns}\nspec: {}\n",
+    );
+    assert_eq!(keys(&parsed), ["PeerAuthentication ns/strict"]);
+}
+
+#[test]
+fn each_error_names_file_line_and_reason() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: [unclosed\n",
+            "cfg/mesh.yaml:4: invalid YAML: ",
+        ),
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}}\nspec: {}\n",
+            "cfg/mesh.yaml:3: invalid YAML: ",
+        ),
+        (
+            "- a\n- b\n",
+            "cfg/mesh.yaml:1: a document must be a mapping, found a sequence",
+        ),
+        (
+            "apiVersion: v1\nmetadata: {name: a}\n",
+            "cfg/mesh.yaml:1: missing `kind`",
+        ),
+        (
+            "apiVersion: v1\nkind: namespace\nmetadata: {name: a}\n",
+            "cfg/mesh.yaml:2: unknown kind `namespace`; did you mean `Namespace`?",
+        ),
+        (
+            "apiVersion: v1\nkind: Name-space\nmetadata: {name: a}\n",
+            "cfg/mesh.yaml:2: unknown kind `Name-space`",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: a}\n",
+            "cfg/mesh.yaml:1: missing `apiVersion` for kind Pod",
+        ),
+        (
+            "apiVersion: security.istio.io/v2\nkind: AuthorizationPolicy\nmetadata: {name: a}\n",
+            "cfg/mesh.yaml:1: unknown apiVersion `security.istio.io/v2` for kind AuthorizationPolicy; expected `security.istio.io/v1`",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  namespace: ns\n",
+            "cfg/mesh.yaml:4: missing `metadata.name`",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\n",
+            "cfg/mesh.yaml:1: missing `metadata.name`",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: [a]\n",
+            "cfg/mesh.yaml:3: field `metadata`: expected a mapping, found a sequence",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n",
+            "cfg/mesh.yaml:1: missing field `spec`",
+        ),
+    ];
+    for (text, expected) in cases {
+        let parsed = parse(text);
+        assert!(parsed.objects.is_empty(), "{text}");
+        let got = messages(&parsed);
+        assert_eq!(got.len(), 1, "{text}: {got:?}");
+        assert!(
+            got[0].starts_with(expected),
+            "{text}\n got {got:?}\nwant {expected}"
+        );
+    }
+}
+
+#[test]
+fn a_field_of_the_wrong_type_names_its_path_and_line() {
+    let parsed = parse(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n---\n\
+         apiVersion: security.istio.io/v1\n\
+         kind: AuthorizationPolicy\n\
+         metadata: {name: p, namespace: ns}\n\
+         spec:\n  rules:\n  - to:\n    - operation:\n        ports: 80\n",
+    );
+    assert_eq!(keys(&parsed), ["Namespace ok"]);
+    assert_eq!(
+        messages(&parsed),
+        [
+            "cfg/mesh.yaml:12: field `spec.rules[0].to[0].operation.ports`: invalid type: integer `80`, expected a sequence"
+        ]
+    );
+}
+
+#[test]
+fn a_syntax_error_points_at_the_failing_line_of_a_later_document() {
+    let parsed = parse(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nkind: Pod\n  bad: indent\n",
+    );
+    assert_eq!(keys(&parsed), ["Namespace a"]);
+    assert_eq!(parsed.errors.len(), 1);
+    assert_eq!(parsed.errors[0].line, 6, "{:?}", messages(&parsed));
+    assert!(matches!(
+        parsed.errors[0].problem,
+        DocumentProblem::Syntax(_)
+    ));
+}
+
+#[test]
+fn binary_garbage_is_an_error_not_a_panic() {
+    let parsed = parse("\u{0}\u{1}: [\n{{{{\n---\n&a [*a]\n");
+    assert!(parsed.objects.is_empty());
+    assert!(!parsed.errors.is_empty());
+}
+
+#[test]
+fn lines_stay_inside_the_text_whatever_its_line_breaks() {
+    let inputs = [
+        "apiVersion: v1\r\nkind: Pod\r\nmetadata: {name: p}\r\nspec:\r\n  containers: 3\r\n",
+        "apiVersion: v1\rkind: Pod\rmetadata: {name: p}\rspec:\r  containers: 3\r",
+        "apiVersion: v1\u{2028}kind: Pod\u{2028}spec: {containers: 3}\nmetadata: {name: p}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [\n",
+        "---\n---\n...\n---",
+        "a: &x [*x]\n",
+    ];
+    for text in inputs {
+        let parsed = parse(text);
+        let lines = text.split('\n').count();
+        for error in &parsed.errors {
+            assert!(
+                (1..=lines).contains(&error.line),
+                "{text:?}: {error} outside 1..={lines}"
+            );
+        }
+    }
+}
