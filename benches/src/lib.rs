@@ -10,11 +10,14 @@
 //! traffic went through it, and reports medians over runs and ratios to direct TCP in
 //! the same run. See `benches/README.md` for the method.
 //!
+//! `ambit-control-bench` (module `control`) measures the control plane at scale.
+//!
 //! What it does not do: build ztunnel, install tools, or tune the machine; it needs
 //! root and two CPUs, and judges (does not control) how quiet the machine is.
 
 pub mod bench;
 pub mod cli;
+pub mod control;
 pub mod echo;
 pub mod http;
 pub mod iperf;

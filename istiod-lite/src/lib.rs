@@ -3,8 +3,11 @@
 //! API), a pure translation to workload xDS (`translate`), a delta ADS server
 //! (`xds`) and a CA (`ca`) on one TLS port.
 
+pub mod app;
 pub mod auth;
 pub mod ca;
+pub mod config;
+pub mod debug;
 pub mod model;
 pub mod registry;
 pub mod server;

@@ -1,4 +1,56 @@
-fn main() {
-    eprintln!("istiod-lite: not wired yet");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use clap::Parser;
+use istiod_lite::app::App;
+use istiod_lite::config::Config;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let log = mesh_core::telemetry::init_logging(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("istiod-lite: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let app = match App::start(config, log).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("istiod-lite: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let first = signals().await;
+        tracing::info!("{first}: draining");
+        tokio::select! {
+            _ = app.shutdown() => ExitCode::SUCCESS,
+            _ = signals() => {
+                tracing::warn!("second signal: exiting at once");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn signals() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => std::future::pending().await,
+    }
 }
