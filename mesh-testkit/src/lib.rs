@@ -24,6 +24,7 @@ pub mod netns;
 pub mod process;
 mod sys;
 pub mod veth;
+pub mod xds_server;
 
 pub use echo::{EchoServer, echo_roundtrip};
 pub use eventually::eventually;
@@ -31,3 +32,4 @@ pub use ipnet;
 pub use netns::Netns;
 pub use process::{ChildGuard, require_root};
 pub use veth::{TwoHosts, VethPair, link, veth_pair};
+pub use xds_server::XdsServer;

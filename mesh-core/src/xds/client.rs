@@ -1,0 +1,266 @@
+//! The actor that owns the ADS stream: subscribe, apply, ACK/NACK, reconnect.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use mesh_api::envoy::config::core::v3::Node;
+use mesh_api::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use mesh_api::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use mesh_api::google::rpc::Status as RpcStatus;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use super::{
+    Backoff, Handler, Handlers, Rejection, Resource, TypeVersions, Update, XdsError, XdsStatus,
+    nack_message,
+};
+use crate::control::ControlPlane;
+use crate::drain::DrainWatcher;
+
+/// Spec 3.1: the largest message accepted from the control plane.
+pub const MAX_MESSAGE_BYTES: usize = 200 << 20;
+
+/// Handle and task body of the delta ADS client.
+#[derive(Debug)]
+pub struct XdsClient {
+    control: ControlPlane,
+    channel: Channel,
+    node: Node,
+    handlers: Handlers,
+    versions: HashMap<String, TypeVersions>,
+    status: watch::Sender<XdsStatus>,
+}
+
+/// How one stream ended.
+enum StreamEnd {
+    /// The server closed the stream cleanly after it had delivered something.
+    Clean,
+    /// The server closed cleanly without delivering anything, or the stream failed.
+    Failed(XdsError),
+}
+
+impl XdsClient {
+    /// Validates the address and handlers; nothing connects until [`run`](Self::run).
+    pub fn new(
+        control: ControlPlane,
+        node: Node,
+        handlers: Vec<Arc<dyn Handler>>,
+    ) -> Result<XdsClient, XdsError> {
+        if handlers.is_empty() {
+            return Err(XdsError::NoHandlers);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for h in &handlers {
+            if !seen.insert(h.type_url().to_string()) {
+                return Err(XdsError::DuplicateType(h.type_url().to_string()));
+            }
+        }
+        let channel = control.channel()?;
+        Ok(XdsClient {
+            control,
+            channel,
+            node,
+            handlers,
+            versions: HashMap::new(),
+            status: watch::channel(XdsStatus::default()).0,
+        })
+    }
+
+    /// Follows the client's state; valid before and after `run`.
+    pub fn status(&self) -> watch::Receiver<XdsStatus> {
+        self.status.subscribe()
+    }
+
+    /// Runs until `shutdown` resolves. Ends within the time the current
+    /// handler call takes: nothing else is awaited once shutdown is asked for.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = self.reconnect_loop() => {}
+        }
+        self.status.send_modify(|s| s.connected = false);
+        tracing::debug!("xDS client stopped");
+    }
+
+    /// Spawns [`run`](Self::run), stopping when `drain` starts draining.
+    pub fn spawn(self, drain: DrainWatcher) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { self.run(async move { drain.draining().await }).await })
+    }
+
+    async fn reconnect_loop(&mut self) {
+        let mut backoff = Backoff::default();
+        // Log a failure once per outage, at WARN; retries are DEBUG.
+        let mut failing = false;
+        loop {
+            let mut delivered = false;
+            let end = self.stream_once(&mut delivered, &mut backoff).await;
+            self.status.send_modify(|s| s.connected = false);
+            match end {
+                StreamEnd::Clean => {
+                    tracing::info!("xDS stream closed by the server; reconnecting");
+                    failing = false;
+                    continue;
+                }
+                StreamEnd::Failed(error) => {
+                    let message = error.to_string();
+                    if !failing || delivered {
+                        tracing::warn!(%error, "xDS stream failed; reconnecting with backoff");
+                    } else {
+                        tracing::debug!(%error, "xDS reconnect failed");
+                    }
+                    failing = true;
+                    self.status
+                        .send_modify(|s| s.last_error = Some(message.clone()));
+                    let delay = backoff.next_delay(rand::random::<f64>());
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// The subscription requests that open a stream, in handler order.
+    pub fn initial_requests(&self) -> Vec<DeltaDiscoveryRequest> {
+        self.handlers
+            .iter()
+            .map(|h| DeltaDiscoveryRequest {
+                node: Some(self.node.clone()),
+                type_url: h.type_url().to_string(),
+                initial_resource_versions: self
+                    .versions
+                    .get(h.type_url())
+                    .map(TypeVersions::initial)
+                    .unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    async fn stream_once(&mut self, delivered: &mut bool, backoff: &mut Backoff) -> StreamEnd {
+        let initial = self.initial_requests();
+        let (tx, rx) = mpsc::channel(initial.len() + 4);
+        for r in initial {
+            // Capacity is larger than the number of initial requests.
+            let _ = tx.try_send(r);
+        }
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Err(e) = self.control.authorize(&mut request) {
+            return StreamEnd::Failed(e.into());
+        }
+        let mut client = AggregatedDiscoveryServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut responses = match client.delta_aggregated_resources(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return StreamEnd::Failed(XdsError::Stream(Box::new(status))),
+        };
+        self.status.send_modify(|s| s.connected = true);
+        tracing::info!(address = %self.control.address, "xDS stream open");
+        loop {
+            match responses.message().await {
+                Ok(Some(response)) => {
+                    *delivered = true;
+                    backoff.reset();
+                    let reply = self.handle(response);
+                    if tx.send(reply).await.is_err() {
+                        return StreamEnd::Failed(XdsError::RequestsClosed);
+                    }
+                }
+                Ok(None) if *delivered => return StreamEnd::Clean,
+                Ok(None) => {
+                    return StreamEnd::Failed(XdsError::Stream(Box::new(
+                        tonic::Status::unavailable(
+                            "the server closed the stream before sending anything",
+                        ),
+                    )));
+                }
+                Err(status) => return StreamEnd::Failed(XdsError::Stream(Box::new(status))),
+            }
+        }
+    }
+
+    /// Applies one response and returns its ACK or NACK.
+    fn handle(&mut self, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+        let type_url = response.type_url.clone();
+        let (update, mut rejections) =
+            split_response(response.resources, response.removed_resources);
+        match self.handlers.iter().find(|h| h.type_url() == type_url) {
+            Some(handler) => {
+                let received = update.resources.len();
+                rejections.extend(handler.apply(update.clone()));
+                self.versions
+                    .entry(type_url.clone())
+                    .or_default()
+                    .record(&update, &rejections);
+                tracing::debug!(
+                    %type_url,
+                    received,
+                    removed = update.removed.len(),
+                    rejected = rejections.len(),
+                    "xDS update applied"
+                );
+            }
+            None => rejections.push(Rejection::new(
+                type_url.clone(),
+                "type not subscribed by this client",
+            )),
+        }
+        let error_detail = nack_message(&rejections).map(|message| {
+            tracing::warn!(%type_url, %message, "xDS update partly rejected (NACK)");
+            RpcStatus {
+                // google.rpc.Code INVALID_ARGUMENT.
+                code: 3,
+                message,
+                details: vec![],
+            }
+        });
+        let nack_text = error_detail.as_ref().map(|e| e.message.clone());
+        let handled = self.handled_types_with(&type_url);
+        self.status.send_modify(|s| {
+            if let Some(text) = nack_text {
+                s.last_error = Some(format!("NACK {type_url}: {text}"));
+            }
+            if handled && !s.synced {
+                tracing::info!("xDS synced: every subscribed type applied once");
+                s.synced = true;
+            }
+        });
+        DeltaDiscoveryRequest {
+            type_url,
+            response_nonce: response.nonce,
+            error_detail,
+            ..Default::default()
+        }
+    }
+
+    /// Whether every handler's type has had a response, counting `type_url`.
+    fn handled_types_with(&mut self, type_url: &str) -> bool {
+        self.versions.entry(type_url.to_string()).or_default();
+        self.handlers
+            .iter()
+            .all(|h| self.versions.contains_key(h.type_url()))
+    }
+}
+
+/// Turns wire resources into an [`Update`]; entries without a body are rejected here.
+fn split_response(
+    resources: Vec<mesh_api::envoy::service::discovery::v3::Resource>,
+    removed: Vec<String>,
+) -> (Update, Vec<Rejection>) {
+    let mut update = Update {
+        resources: Vec::with_capacity(resources.len()),
+        removed,
+    };
+    let mut rejections = Vec::new();
+    for r in resources {
+        match r.resource {
+            Some(body) => update.resources.push(Resource {
+                name: r.name,
+                version: r.version,
+                body,
+            }),
+            None => rejections.push(Rejection::new(r.name, "resource has no body")),
+        }
+    }
+    (update, rejections)
+}
