@@ -1,6 +1,6 @@
 //! The delta ADS client against the scripted server over real TLS.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,6 +89,14 @@ fn policy(name: &str) -> Authorization {
         namespace: "default".into(),
         ..Default::default()
     }
+}
+
+fn versions(r: &ReceivedRequest) -> BTreeMap<String, String> {
+    r.request
+        .initial_resource_versions
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn node() -> Node {
@@ -333,13 +341,13 @@ async fn a_reconnect_sends_applied_versions_without_rejected_names() -> Result<(
     let reqs = f.requests_on(2, 2).await?;
     assert_eq!(reqs[0].request.type_url, ADDRESS_TYPE_URL);
     assert_eq!(
-        reqs[0].request.initial_resource_versions,
-        HashMap::from([("w1".to_string(), "v1".to_string())])
+        versions(&reqs[0]),
+        BTreeMap::from([("w1".to_string(), "v1".to_string())])
     );
     assert_eq!(reqs[1].request.type_url, AUTHORIZATION_TYPE_URL);
     assert_eq!(
-        reqs[1].request.initial_resource_versions,
-        HashMap::from([("default/p".to_string(), "v7".to_string())])
+        versions(&reqs[1]),
+        BTreeMap::from([("default/p".to_string(), "v7".to_string())])
     );
     assert!(reqs.iter().all(|r| r.request.node.is_some()));
     // The last config keeps serving while the stream is replaced.

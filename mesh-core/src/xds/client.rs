@@ -130,7 +130,7 @@ impl XdsClient {
                 initial_resource_versions: self
                     .versions
                     .get(h.type_url())
-                    .map(TypeVersions::initial)
+                    .map(|v| v.initial())
                     .unwrap_or_default(),
                 ..Default::default()
             })

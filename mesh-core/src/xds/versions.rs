@@ -2,7 +2,7 @@
 //! as `initial_resource_versions` on reconnect (spec 3.3), and the text of a
 //! NACK.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use super::{Rejection, Update};
 
@@ -30,8 +30,9 @@ impl TypeVersions {
         }
     }
 
-    /// The `initial_resource_versions` of a new stream.
-    pub fn initial(&self) -> HashMap<String, String> {
+    /// The `initial_resource_versions` of a new stream (a map of whichever
+    /// kind the generated message uses).
+    pub fn initial<M: FromIterator<(String, String)>>(&self) -> M {
         self.applied
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -56,6 +57,8 @@ pub fn nack_message(rejections: &[Rejection]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::super::Resource;
+    use std::collections::HashMap;
+
     use super::*;
 
     fn res(name: &str, version: &str) -> Resource {
@@ -90,7 +93,7 @@ mod tests {
             &[Rejection::new("c", "bad")],
         );
         assert_eq!(
-            v.initial(),
+            v.initial::<HashMap<_, _>>(),
             HashMap::from([("a".into(), "1".into()), ("b".into(), "1".into())])
         );
         // A later rejection of an applied name drops it; a removal drops it; an
@@ -109,7 +112,7 @@ mod tests {
             },
             &[],
         );
-        assert!(v.initial().is_empty());
+        assert!(v.initial::<Vec<_>>().is_empty());
         v.record(
             &Update {
                 resources: vec![res("d", "7")],
@@ -117,6 +120,9 @@ mod tests {
             },
             &[],
         );
-        assert_eq!(v.initial(), HashMap::from([("d".into(), "7".into())]));
+        assert_eq!(
+            v.initial::<HashMap<_, _>>(),
+            HashMap::from([("d".into(), "7".into())])
+        );
     }
 }

@@ -40,7 +40,7 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> ConvertError {
 /// An `istio.workload.Address` is one of these.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AddressResource {
-    Workload(Workload),
+    Workload(Box<Workload>),
     Service(Service),
 }
 
@@ -50,7 +50,9 @@ pub fn address_from_any(body: &Any) -> Result<AddressResource, ConvertError> {
     let address = xw::Address::decode(body.value.as_slice())
         .map_err(|e| err("resource", format!("not a valid Address message: {e}")))?;
     match address.r#type {
-        Some(xw::address::Type::Workload(w)) => workload(&w).map(AddressResource::Workload),
+        Some(xw::address::Type::Workload(w)) => {
+            workload(&w).map(|w| AddressResource::Workload(Box::new(w)))
+        }
         Some(xw::address::Type::Service(s)) => service(&s).map(AddressResource::Service),
         None => Err(err("type", "an Address must hold a workload or a service")),
     }

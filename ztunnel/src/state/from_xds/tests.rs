@@ -1,5 +1,3 @@
-use std::collections::HashMap;
-
 use mesh_api::istio::security as xsec;
 use mesh_api::istio::workload as xw;
 use prost::Message;
@@ -26,7 +24,7 @@ fn full_workload() -> xw::Workload {
         authorization_policies: vec!["default/allow-echo".into()],
         status: xw::WorkloadStatus::Unhealthy as i32,
         cluster_id: "east".into(),
-        services: HashMap::from([(
+        services: [(
             "default/echo.default.svc.cluster.local".into(),
             xw::PortList {
                 ports: vec![xw::Port {
@@ -35,7 +33,9 @@ fn full_workload() -> xw::Workload {
                     app_protocol: xw::AppProtocol::Http11 as i32,
                 }],
             },
-        )]),
+        )]
+        .into_iter()
+        .collect(),
         locality: Some(xw::Locality {
             region: "r".into(),
             zone: "z".into(),
@@ -146,14 +146,16 @@ fn bad_workloads_are_refused_naming_the_field() {
         ),
         (
             xw::Workload {
-                services: HashMap::from([("no-slash".into(), xw::PortList::default())]),
+                services: [("no-slash".into(), xw::PortList::default())]
+                    .into_iter()
+                    .collect(),
                 ..full_workload()
             },
             "services[\"no-slash\"]: the key is not",
         ),
         (
             xw::Workload {
-                services: HashMap::from([(
+                services: [(
                     "default/echo".into(),
                     xw::PortList {
                         ports: vec![xw::Port {
@@ -161,7 +163,9 @@ fn bad_workloads_are_refused_naming_the_field() {
                             ..Default::default()
                         }],
                     },
-                )]),
+                )]
+                .into_iter()
+                .collect(),
                 ..full_workload()
             },
             "services[\"default/echo\"].ports[0].service_port: 70000 is not a port",
