@@ -195,7 +195,7 @@ pub async fn client(
         instance_ip: config.instance_ip,
         node_name: config.node_name.clone(),
         cluster_id: config.cluster_id.clone(),
-        metadata: BTreeMap::new(),
+        metadata: config.metadata.clone(),
     }
     .to_node();
     let model = XdsModel::new(store);

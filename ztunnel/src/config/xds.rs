@@ -41,6 +41,9 @@ pub struct XdsConfig {
     /// Sent as `INSTANCE_IPS`; `1.1.1.1` when unset, as Istio does.
     #[serde(default)]
     pub instance_ip: Option<IpAddr>,
+    /// Extra node metadata (Istio's `ISTIO_META_<K>`).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 fn default_cluster() -> String {
