@@ -10,6 +10,7 @@
 
 mod backoff;
 mod client;
+mod metrics;
 mod node;
 mod versions;
 
@@ -19,6 +20,7 @@ use prost_types::Any;
 
 pub use backoff::Backoff;
 pub use client::XdsClient;
+pub use metrics::{ReasonLabel, Termination, UrlLabel, XdsMetrics};
 pub use node::NodeInfo;
 pub use versions::{TypeVersions, nack_message};
 

@@ -10,7 +10,9 @@ use mesh_api::istio::security::Authorization;
 use mesh_api::istio::workload::{Address, Workload, address};
 use mesh_api::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use mesh_core::control::{ControlPlane, TokenSource};
-use mesh_core::xds::{Handler, NodeInfo, Rejection, Update, XdsClient, XdsStatus};
+use mesh_core::xds::{
+    Handler, NodeInfo, ReasonLabel, Rejection, Update, UrlLabel, XdsClient, XdsMetrics, XdsStatus,
+};
 use mesh_testkit::eventually;
 use mesh_testkit::xds_server::{ReceivedRequest, XdsServer, resource};
 use tokio::sync::watch;
@@ -117,6 +119,7 @@ struct Fixture {
     addresses: Arc<Recorder>,
     policies: Arc<Recorder>,
     status: watch::Receiver<XdsStatus>,
+    metrics: Arc<XdsMetrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -133,7 +136,10 @@ async fn fixture() -> Result<Fixture> {
         cluster_id: "Kubernetes".into(),
         headers: vec![],
     };
-    let client = XdsClient::new(control, node(), vec![addresses.clone(), policies.clone()])?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = XdsMetrics::register(&mut registry);
+    let client = XdsClient::new(control, node(), vec![addresses.clone(), policies.clone()])?
+        .with_metrics(metrics.clone());
     let status = client.status();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(client.run(async {
@@ -144,6 +150,7 @@ async fn fixture() -> Result<Fixture> {
         addresses,
         policies,
         status,
+        metrics,
         stop: Some(stop),
         task,
     })
@@ -294,6 +301,12 @@ async fn a_bad_resource_is_nacked_by_name_the_rest_applies_and_removals_apply() 
     assert_eq!(f.addresses.names(), vec!["w1", "w2"]);
     let last_error = f.status.borrow().last_error.clone().unwrap_or_default();
     assert!(last_error.contains("bad-1"), "{last_error}");
+    let url = UrlLabel {
+        url: ADDRESS_TYPE_URL.into(),
+    };
+    assert_eq!(f.metrics.rejected.get_or_create(&url).get(), 1);
+    assert_eq!(f.metrics.messages.get_or_create(&url).get(), 1);
+    assert!(f.metrics.message_bytes.get_or_create(&url).get() > 0);
 
     let nonce = f
         .server
@@ -376,6 +389,10 @@ async fn reconnects_with_backoff_after_the_server_goes_away_and_stays_synced() -
         !s.connected && s.synced && s.last_error.is_some()
     })
     .await?;
+    let error = ReasonLabel {
+        reason: "Error".into(),
+    };
+    assert!(f.metrics.terminations.get_or_create(&error).get() >= 1);
     let opened = f.server.streams_opened();
     f.server.resume().await?;
     f.status_where("connected again", |s| s.connected).await?;

@@ -15,6 +15,7 @@ use mesh_core::tls::{
     self, CertStore, CertificateAuthority, CertificateSource, LocalCa, StaticCertificates,
     TrustBundle,
 };
+use mesh_core::xds::XdsMetrics;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -160,6 +161,13 @@ impl App {
 
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
+        let source = match source {
+            LocalSource::Xds(client, model) => LocalSource::Xds(
+                Box::new(client.with_metrics(XdsMetrics::register(&mut registry))),
+                model,
+            ),
+            other => other,
+        };
         let registry = Arc::new(registry);
         let readiness = Readiness::new();
         let cert_ready = readiness.register("workload certificate");

@@ -205,6 +205,16 @@ async fn state_comes_from_xds_readiness_follows_sync_and_survives_the_control_pl
     );
     assert_eq!(dump["policies"][0]["name"], "istio_converted_static_strict");
     assert_eq!(dump["config"]["xds"]["token"], "<redacted>");
+    let (_, metrics) = http_get(a.metrics, "/metrics").await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ambit_xds_rejected_resources_total{")
+                && l.contains("istio.workload.Address")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("istio_xds_message_total{"), "{metrics}");
 
     // The control plane goes away: the state and readiness stay, the status says so.
     server.stop().await;

@@ -13,8 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::{
-    Backoff, Handler, Handlers, Rejection, Resource, TypeVersions, Update, XdsError, XdsStatus,
-    nack_message,
+    Backoff, Handler, Handlers, Rejection, Resource, Termination, TypeVersions, Update, XdsError,
+    XdsMetrics, XdsStatus, nack_message,
 };
 use crate::control::ControlPlane;
 use crate::drain::DrainWatcher;
@@ -31,6 +31,7 @@ pub struct XdsClient {
     handlers: Handlers,
     versions: HashMap<String, TypeVersions>,
     status: watch::Sender<XdsStatus>,
+    metrics: Arc<XdsMetrics>,
 }
 
 /// How one stream ended.
@@ -65,7 +66,14 @@ impl XdsClient {
             handlers,
             versions: HashMap::new(),
             status: watch::channel(XdsStatus::default()).0,
+            metrics: Arc::default(),
         })
+    }
+
+    /// Counts into `metrics` (registered by the caller).
+    pub fn with_metrics(mut self, metrics: Arc<XdsMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Follows the client's state; valid before and after `run`.
@@ -152,7 +160,10 @@ impl XdsClient {
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut responses = match client.delta_aggregated_resources(request).await {
             Ok(r) => r.into_inner(),
-            Err(status) => return StreamEnd::Failed(XdsError::Stream(Box::new(status))),
+            Err(status) => {
+                self.metrics.terminated(Termination::ConnectionError);
+                return StreamEnd::Failed(XdsError::Stream(Box::new(status)));
+            }
         };
         self.status.send_modify(|s| s.connected = true);
         tracing::info!(address = %self.control.address, "xDS stream open");
@@ -166,15 +177,22 @@ impl XdsClient {
                         return StreamEnd::Failed(XdsError::RequestsClosed);
                     }
                 }
-                Ok(None) if *delivered => return StreamEnd::Clean,
+                Ok(None) if *delivered => {
+                    self.metrics.terminated(Termination::Complete);
+                    return StreamEnd::Clean;
+                }
                 Ok(None) => {
+                    self.metrics.terminated(Termination::Complete);
                     return StreamEnd::Failed(XdsError::Stream(Box::new(
                         tonic::Status::unavailable(
                             "the server closed the stream before sending anything",
                         ),
                     )));
                 }
-                Err(status) => return StreamEnd::Failed(XdsError::Stream(Box::new(status))),
+                Err(status) => {
+                    self.metrics.terminated(Termination::Error);
+                    return StreamEnd::Failed(XdsError::Stream(Box::new(status)));
+                }
             }
         }
     }
@@ -182,6 +200,7 @@ impl XdsClient {
     /// Applies one response and returns its ACK or NACK.
     fn handle(&mut self, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
         let type_url = response.type_url.clone();
+        let bytes = prost::Message::encoded_len(&response);
         let (update, mut rejections) =
             split_response(response.resources, response.removed_resources);
         match self.handlers.iter().find(|h| h.type_url() == type_url) {
@@ -205,6 +224,7 @@ impl XdsClient {
                 "type not subscribed by this client",
             )),
         }
+        self.metrics.received(&type_url, bytes, rejections.len());
         let error_detail = nack_message(&rejections).map(|message| {
             tracing::warn!(%type_url, %message, "xDS update partly rejected (NACK)");
             RpcStatus {
