@@ -411,3 +411,27 @@ async fn shutdown_is_bounded_while_the_server_is_unreachable() -> Result<()> {
         .await?;
     f.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_end_after_responses_reconnects_at_once_without_an_error() -> Result<()> {
+    let f = fixture().await?;
+    f.requests_on(1, 2).await?;
+    let nonce = f
+        .server
+        .push(
+            ADDRESS_TYPE_URL,
+            vec![resource("w1", "3", ADDRESS_TYPE_URL, &workload("w1"))],
+            vec![],
+        )
+        .await?;
+    f.reply_to(&nonce).await?;
+    f.server.end_streams();
+    let reqs = f.requests_on(2, 2).await?;
+    assert_eq!(versions(&reqs[0]).get("w1").map(String::as_str), Some("3"));
+    let complete = ReasonLabel {
+        reason: "Complete".into(),
+    };
+    assert_eq!(f.metrics.terminations.get_or_create(&complete).get(), 1);
+    assert_eq!(f.status.borrow().last_error, None);
+    f.shutdown().await
+}

@@ -281,6 +281,12 @@ impl XdsServer {
         }
     }
 
+    /// Ends every open stream cleanly (OK status), as a server does when it
+    /// rebalances its clients.
+    pub fn end_streams(&self) {
+        lock(&self.shared.streams).clear();
+    }
+
     /// Stops the server: open streams fail, connections close, the port
     /// refuses connections until [`resume`](Self::resume).
     pub async fn stop(&self) {
