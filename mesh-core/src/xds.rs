@@ -65,7 +65,7 @@ pub trait Handler: Send + Sync + std::fmt::Debug + 'static {
     fn type_url(&self) -> &str;
     /// Applies every valid resource and removal of `update`, returns the
     /// resources it refused.
-    fn apply(&self, update: Update) -> Vec<Rejection>;
+    fn apply(&self, update: &Update) -> Vec<Rejection>;
 }
 
 /// What the client is doing, for readiness and `/config_dump`.

@@ -49,24 +49,24 @@ impl Handler for Recorder {
         self.type_url
     }
 
-    fn apply(&self, update: Update) -> Vec<Rejection> {
+    fn apply(&self, update: &Update) -> Vec<Rejection> {
         *self.entered.lock().unwrap() += 1;
         if let Some(gate) = self.gate.lock().unwrap().as_ref() {
             let _ = gate.recv_timeout(PATIENCE);
         }
         let mut applied = self.applied.lock().unwrap();
         let mut rejected = Vec::new();
-        for name in update.removed {
-            applied.remove(&name);
+        for name in &update.removed {
+            applied.remove(name);
         }
-        for r in update.resources {
+        for r in &update.resources {
             if r.name.starts_with("bad") {
                 rejected.push(Rejection::new(
-                    r.name,
+                    &r.name,
                     "names starting with bad are refused",
                 ));
             } else {
-                applied.insert(r.name, r.version);
+                applied.insert(r.name.clone(), r.version.clone());
             }
         }
         rejected

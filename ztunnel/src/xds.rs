@@ -139,8 +139,8 @@ impl Handler for AddressHandler {
     fn type_url(&self) -> &str {
         ADDRESS_TYPE_URL
     }
-    fn apply(&self, update: Update) -> Vec<Rejection> {
-        self.0.apply(&update, Resources::apply_addresses)
+    fn apply(&self, update: &Update) -> Vec<Rejection> {
+        self.0.apply(update, Resources::apply_addresses)
     }
 }
 
@@ -151,8 +151,8 @@ impl Handler for AuthorizationHandler {
     fn type_url(&self) -> &str {
         AUTHORIZATION_TYPE_URL
     }
-    fn apply(&self, update: Update) -> Vec<Rejection> {
-        self.0.apply(&update, Resources::apply_authorizations)
+    fn apply(&self, update: &Update) -> Vec<Rejection> {
+        self.0.apply(update, Resources::apply_authorizations)
     }
 }
 

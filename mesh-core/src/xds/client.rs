@@ -206,7 +206,7 @@ impl XdsClient {
         match self.handlers.iter().find(|h| h.type_url() == type_url) {
             Some(handler) => {
                 let received = update.resources.len();
-                rejections.extend(handler.apply(update.clone()));
+                rejections.extend(handler.apply(&update));
                 self.versions
                     .entry(type_url.clone())
                     .or_default()
