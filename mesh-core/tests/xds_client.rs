@@ -52,7 +52,11 @@ impl Handler for Recorder {
     fn apply(&self, update: &Update) -> Vec<Rejection> {
         *self.entered.lock().unwrap() += 1;
         if let Some(gate) = self.gate.lock().unwrap().as_ref() {
-            let _ = gate.recv_timeout(PATIENCE);
+            // Hand this worker's other tasks to the rest of the runtime while
+            // held, or a task parked here would stall the test itself.
+            tokio::task::block_in_place(|| {
+                let _ = gate.recv_timeout(PATIENCE);
+            });
         }
         let mut applied = self.applied.lock().unwrap();
         let mut rejected = Vec::new();

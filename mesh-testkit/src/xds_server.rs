@@ -19,12 +19,11 @@ use mesh_api::envoy::service::discovery::v3::{
 };
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::transport::server::Connected;
@@ -97,15 +96,18 @@ impl AggregatedDiscoveryService for Service {
     }
 }
 
-/// A TLS connection as tonic's server wants it.
-struct TlsConnection(TlsStream<TcpStream>);
+/// One connection as tonic's server wants it: the near end of a pipe whose
+/// far end is pumped to the TLS stream by a task the server owns, so that
+/// `stop` can cut connections at once (tonic's own shutdown would wait for
+/// the client to go away).
+struct PipedConnection(DuplexStream);
 
-impl Connected for TlsConnection {
+impl Connected for PipedConnection {
     type ConnectInfo = ();
     fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
-impl AsyncRead for TlsConnection {
+impl AsyncRead for PipedConnection {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -115,7 +117,7 @@ impl AsyncRead for TlsConnection {
     }
 }
 
-impl AsyncWrite for TlsConnection {
+impl AsyncWrite for PipedConnection {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -134,6 +136,8 @@ impl AsyncWrite for TlsConnection {
 #[derive(Debug)]
 struct Running {
     accept: JoinHandle<()>,
+    /// The TLS pumps of the open connections.
+    pumps: Arc<Mutex<Vec<AbortHandle>>>,
     serve: JoinHandle<()>,
     stop: oneshot::Sender<()>,
 }
@@ -167,17 +171,24 @@ impl XdsServer {
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<TlsConnection>>(16);
+        let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<PipedConnection>>(16);
         let acceptor = TlsAcceptor::from(self.tls.clone());
+        let pumps: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let pumps_in_loop = pumps.clone();
         let accept = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, conn_tx) = (acceptor.clone(), conn_tx.clone());
-                tokio::spawn(async move {
+                let pump = tokio::spawn(async move {
                     // A client that fails the handshake is simply not served.
-                    if let Ok(tls) = acceptor.accept(tcp).await {
-                        let _ = conn_tx.send(Ok(TlsConnection(tls))).await;
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let (near, mut far) = tokio::io::duplex(64 * 1024);
+                    if conn_tx.send(Ok(PipedConnection(near))).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut far).await;
                     }
                 });
+                lock(&pumps_in_loop).push(pump.abort_handle());
             }
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -192,6 +203,7 @@ impl XdsServer {
         });
         *lock(&self.running) = Some(Running {
             accept,
+            pumps,
             serve,
             stop,
         });
@@ -294,6 +306,9 @@ impl XdsServer {
         let running = lock(&self.running).take();
         if let Some(r) = running {
             r.accept.abort();
+            for pump in lock(&r.pumps).drain(..) {
+                pump.abort();
+            }
             let _ = r.stop.send(());
             let _ = r.serve.await;
         }
@@ -313,6 +328,9 @@ impl Drop for XdsServer {
     fn drop(&mut self) {
         if let Some(r) = lock(&self.running).take() {
             r.accept.abort();
+            for pump in lock(&r.pumps).drain(..) {
+                pump.abort();
+            }
             r.serve.abort();
         }
     }

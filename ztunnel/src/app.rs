@@ -47,6 +47,8 @@ pub enum AppError {
     UnknownLocalWorkload(String),
     #[error(transparent)]
     Xds(#[from] crate::xds::XdsSetupError),
+    #[error("cannot start the control-plane thread: {0}")]
+    ControlThread(std::io::Error),
 }
 
 /// The bound addresses (ports resolved when the config asked for port 0).
@@ -254,7 +256,7 @@ impl App {
                     synced,
                     watcher.clone(),
                 ));
-                client.spawn(watcher.clone());
+                spawn_on_control_thread(*client, watcher.clone())?;
                 tokio::spawn(serve_once_local_known(
                     model,
                     proxy,
@@ -348,6 +350,26 @@ impl DataListeners {
         ));
         spawn_hbone(self.inbound, proxy, local, watcher);
     }
+}
+
+/// The xDS client runs on a small runtime of its own so that decoding and
+/// state rebuilds never take a proxy worker (style guide, point 10). It stops
+/// when the drain starts, which drops its drain watcher.
+fn spawn_on_control_thread(
+    client: mesh_core::xds::XdsClient,
+    drain: DrainWatcher,
+) -> Result<(), AppError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::ControlThread)?;
+    std::thread::Builder::new()
+        .name("ztunnel-xds".into())
+        .spawn(move || {
+            runtime.block_on(client.run(async move { drain.draining().await }));
+        })
+        .map_err(AppError::ControlThread)?;
+    Ok(())
 }
 
 /// Readiness waits for every subscribed xDS type to be applied once (spec 3.3).

@@ -26,7 +26,9 @@ pub const MAX_MESSAGE_BYTES: usize = 200 << 20;
 #[derive(Debug)]
 pub struct XdsClient {
     control: ControlPlane,
-    channel: Channel,
+    /// Made on the runtime that runs the client (the channel's worker task
+    /// lives there), so the client can run on a control runtime of its own.
+    channel: Option<Channel>,
     node: Node,
     handlers: Handlers,
     versions: HashMap<String, TypeVersions>,
@@ -58,10 +60,10 @@ impl XdsClient {
                 return Err(XdsError::DuplicateType(h.type_url().to_string()));
             }
         }
-        let channel = control.channel()?;
+        validate(&control)?;
         Ok(XdsClient {
             control,
-            channel,
+            channel: None,
             node,
             handlers,
             versions: HashMap::new(),
@@ -156,7 +158,14 @@ impl XdsClient {
         if let Err(e) = self.control.authorize(&mut request) {
             return StreamEnd::Failed(e.into());
         }
-        let mut client = AggregatedDiscoveryServiceClient::new(self.channel.clone())
+        let channel = match &self.channel {
+            Some(c) => c.clone(),
+            None => match self.control.channel() {
+                Ok(c) => self.channel.insert(c).clone(),
+                Err(e) => return StreamEnd::Failed(e.into()),
+            },
+        };
+        let mut client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut responses = match client.delta_aggregated_resources(request).await {
             Ok(r) => r.into_inner(),
@@ -262,6 +271,33 @@ impl XdsClient {
     }
 }
 
+/// The checks `ControlPlane::channel` makes, without creating the channel,
+/// so that a bad address fails at construction rather than on every retry.
+fn validate(control: &ControlPlane) -> Result<(), XdsError> {
+    use crate::control::ControlError;
+    let bad = |reason: &str| ControlError::Address {
+        address: control.address.clone(),
+        reason: reason.into(),
+    };
+    let uri: http::Uri = control
+        .address
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(bad("the scheme must be https (TLS is mandatory)").into());
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("no host").into());
+    }
+    if control.roots.is_empty() {
+        return Err(ControlError::Roots(
+            "no root certificate to verify the control plane with".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Turns wire resources into an [`Update`]; entries without a body are rejected here.
 fn split_response(
     resources: Vec<mesh_api::envoy::service::discovery::v3::Resource>,
@@ -283,4 +319,88 @@ fn split_response(
         }
     }
     (update, rejections)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Nothing(&'static str);
+
+    impl Handler for Nothing {
+        fn type_url(&self) -> &str {
+            self.0
+        }
+        fn apply(&self, _: &Update) -> Vec<Rejection> {
+            Vec::new()
+        }
+    }
+
+    fn plane(address: &str) -> ControlPlane {
+        let ca = crate::tls::CertificateAuthority::generate("test").unwrap();
+        ControlPlane {
+            address: address.into(),
+            server_name: None,
+            roots: vec![ca.root_der().clone()],
+            token: None,
+            cluster_id: String::new(),
+            headers: vec![],
+        }
+    }
+
+    fn handlers(urls: &[&'static str]) -> Vec<Arc<dyn Handler>> {
+        urls.iter()
+            .map(|u| Arc::new(Nothing(u)) as Arc<dyn Handler>)
+            .collect()
+    }
+
+    #[test]
+    fn construction_refuses_bad_setups_without_a_runtime() {
+        let ok = XdsClient::new(
+            plane("https://localhost:15012"),
+            Node::default(),
+            handlers(&["a", "b"]),
+        );
+        assert!(ok.is_ok());
+        let e = XdsClient::new(
+            plane("http://localhost:15012"),
+            Node::default(),
+            handlers(&["a"]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("https"), "{e}");
+        let mut no_roots = plane("https://localhost:15012");
+        no_roots.roots.clear();
+        assert!(XdsClient::new(no_roots, Node::default(), handlers(&["a"])).is_err());
+        assert!(matches!(
+            XdsClient::new(plane("https://localhost:1"), Node::default(), handlers(&["a", "a"])),
+            Err(XdsError::DuplicateType(t)) if t == "a"
+        ));
+        assert!(matches!(
+            XdsClient::new(plane("https://localhost:1"), Node::default(), vec![]),
+            Err(XdsError::NoHandlers)
+        ));
+    }
+
+    #[test]
+    fn initial_requests_follow_handler_order_with_the_node() {
+        let node = Node {
+            id: "ztunnel~1.1.1.1~p.n~n.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        let client = XdsClient::new(
+            plane("https://localhost:15012"),
+            node.clone(),
+            handlers(&["first", "second"]),
+        )
+        .unwrap();
+        let reqs = client.initial_requests();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs[0].type_url, "first");
+        assert_eq!(reqs[1].type_url, "second");
+        assert!(reqs.iter().all(|r| r.node.as_ref() == Some(&node)
+            && r.resource_names_subscribe.is_empty()
+            && r.response_nonce.is_empty()));
+    }
 }
