@@ -439,3 +439,27 @@ async fn a_clean_end_after_responses_reconnects_at_once_without_an_error() -> Re
     assert_eq!(f.status.borrow().last_error, None);
     f.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_of_an_unsubscribed_type_is_nacked() -> Result<()> {
+    let f = fixture().await?;
+    f.requests_on(1, 2).await?;
+    let other = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    let nonce = f
+        .server
+        .push(
+            other,
+            vec![resource("c1", "1", other, &policy("x"))],
+            vec![],
+        )
+        .await?;
+    let nack = f.reply_to(&nonce).await?;
+    assert_eq!(nack.request.type_url, other);
+    assert_eq!(
+        nack.nack(),
+        Some(format!("{other}: type not subscribed by this client").as_str())
+    );
+    assert!(f.addresses.names().is_empty() && f.policies.names().is_empty());
+    assert!(!f.status.borrow().synced);
+    f.shutdown().await
+}

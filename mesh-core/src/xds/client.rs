@@ -36,6 +36,13 @@ pub struct XdsClient {
     metrics: Arc<XdsMetrics>,
 }
 
+/// What one stream got to.
+#[derive(Debug, Default)]
+struct Attempt {
+    opened: bool,
+    delivered: bool,
+}
+
 /// How one stream ended.
 enum StreamEnd {
     /// The server closed the stream cleanly after it had delivered something.
@@ -101,24 +108,25 @@ impl XdsClient {
 
     async fn reconnect_loop(&mut self) {
         let mut backoff = Backoff::default();
-        // Log a failure once per outage, at WARN; retries are DEBUG.
+        // A failure is logged at WARN once per outage; retries are DEBUG.
         let mut failing = false;
         loop {
-            let mut delivered = false;
-            let end = self.stream_once(&mut delivered, &mut backoff).await;
+            let mut attempt = Attempt::default();
+            let end = self.stream_once(&mut attempt, &mut backoff).await;
             self.status.send_modify(|s| s.connected = false);
+            if attempt.opened {
+                failing = false;
+            }
             match end {
                 StreamEnd::Clean => {
                     tracing::info!("xDS stream closed by the server; reconnecting");
-                    failing = false;
-                    continue;
                 }
                 StreamEnd::Failed(error) => {
                     let message = error.to_string();
-                    if !failing || delivered {
-                        tracing::warn!(%error, "xDS stream failed; reconnecting with backoff");
-                    } else {
+                    if failing {
                         tracing::debug!(%error, "xDS reconnect failed");
+                    } else {
+                        tracing::warn!(%error, "xDS stream failed; reconnecting with backoff");
                     }
                     failing = true;
                     self.status
@@ -147,7 +155,7 @@ impl XdsClient {
             .collect()
     }
 
-    async fn stream_once(&mut self, delivered: &mut bool, backoff: &mut Backoff) -> StreamEnd {
+    async fn stream_once(&mut self, attempt: &mut Attempt, backoff: &mut Backoff) -> StreamEnd {
         let initial = self.initial_requests();
         let (tx, rx) = mpsc::channel(initial.len() + 4);
         for r in initial {
@@ -175,18 +183,19 @@ impl XdsClient {
             }
         };
         self.status.send_modify(|s| s.connected = true);
+        attempt.opened = true;
         tracing::info!(address = %self.control.address, "xDS stream open");
         loop {
             match responses.message().await {
                 Ok(Some(response)) => {
-                    *delivered = true;
+                    attempt.delivered = true;
                     backoff.reset();
                     let reply = self.handle(response);
                     if tx.send(reply).await.is_err() {
                         return StreamEnd::Failed(XdsError::RequestsClosed);
                     }
                 }
-                Ok(None) if *delivered => {
+                Ok(None) if attempt.delivered => {
                     self.metrics.terminated(Termination::Complete);
                     return StreamEnd::Clean;
                 }
