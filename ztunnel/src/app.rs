@@ -134,10 +134,14 @@ impl App {
         let local_ref = config.proxy.workload.clone();
         // With a control plane the state starts empty and the local workload
         // arrives later; from a file it must be there now.
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
         let (state, xds) = match &config.proxy.xds {
             Some(x) => {
                 let state = Arc::new(StateStore::new(State::default()));
-                (state.clone(), Some(crate::xds::client(x, state).await?))
+                let (client, model) = crate::xds::client(x, state.clone()).await?;
+                let client = client.with_metrics(XdsMetrics::register(&mut registry));
+                (state, Some((client, model)))
             }
             None => (
                 Arc::new(StateStore::new(State::from_config(&config)?)),
@@ -161,15 +165,6 @@ impl App {
             ),
         };
 
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        let source = match source {
-            LocalSource::Xds(client, model) => LocalSource::Xds(
-                Box::new(client.with_metrics(XdsMetrics::register(&mut registry))),
-                model,
-            ),
-            other => other,
-        };
         let registry = Arc::new(registry);
         let readiness = Readiness::new();
         let cert_ready = readiness.register("workload certificate");
