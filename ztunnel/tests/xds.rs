@@ -17,6 +17,37 @@ use ztunnel::{App, Config};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// Plaintext to the local workload is refused (reset or closed at once)
+/// when the strict policy from the control plane applies.
+async fn plaintext_refused(addr: SocketAddr) -> Result<()> {
+    // On loopback the reset can arrive before the connect completes.
+    let mut s = match tokio::net::TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let _ = s.write_all(b"hello").await;
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Ok(()),
+        Ok(Ok(n)) => Err(anyhow!("plaintext was served: {n} bytes came back")),
+        Err(_) => Err(anyhow!("plaintext connection neither served nor refused")),
+    }
+}
+
+fn denied_count(metrics: &str) -> usize {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_tcp_connections_failed_total{") && l.contains("DENY"))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0) as usize
+        })
+        .sum()
+}
+
 async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
@@ -42,6 +73,7 @@ fn local_workload(uid: &str, name: &str, ip: &[u8]) -> xw::Address {
             addresses: vec![ip.to_vec()],
             tunnel_protocol: xw::TunnelProtocol::Hbone as i32,
             node: "node-a".into(),
+            authorization_policies: vec!["istio-system/istio_converted_static_strict".into()],
             ..Default::default()
         })),
     }
@@ -216,6 +248,15 @@ async fn state_comes_from_xds_readiness_follows_sync_and_survives_the_control_pl
     );
     assert!(metrics.contains("istio_xds_message_total{"), "{metrics}");
 
+    // The policy from the control plane is enforced on the data path.
+    plaintext_refused(a.inbound_plaintext).await?;
+    eventually("the denial is counted", PATIENCE, || async {
+        let (_, m) = http_get(a.metrics, "/metrics").await?;
+        ensure!(denied_count(&m) == 1, "{m}");
+        Ok(())
+    })
+    .await?;
+
     // The control plane goes away: the state and readiness stay, the status says so.
     server.stop().await;
     eventually("disconnected", PATIENCE, || async {
@@ -228,6 +269,13 @@ async fn state_comes_from_xds_readiness_follows_sync_and_survives_the_control_pl
     .await?;
     let (status, _) = http_get(a.readiness, "/healthz/ready").await?;
     assert_eq!(status, 200);
+    plaintext_refused(a.inbound_plaintext).await?;
+    eventually("the second denial is counted", PATIENCE, || async {
+        let (_, m) = http_get(a.metrics, "/metrics").await?;
+        ensure!(denied_count(&m) == 2, "{m}");
+        Ok(())
+    })
+    .await?;
 
     // It comes back: the client reconnects and says what it has.
     let before = server.streams_opened();
