@@ -204,3 +204,99 @@ fn policies_are_kept_by_name_and_removed() {
     );
     assert_eq!(store.load().policies().count(), 0);
 }
+
+/// The invariants of the `xds_resources` fuzz target, over byte-mutated valid
+/// bodies: nothing panics, a refusal names the resource and is not kept, and
+/// what is accepted builds a state.
+#[test]
+fn mutated_bodies_never_panic_and_accepted_ones_build() {
+    use rand::{Rng, SeedableRng};
+    let policy = xsec::Authorization {
+        name: "p".into(),
+        namespace: "default".into(),
+        scope: 2,
+        action: 1,
+        rules: vec![xsec::Rule {
+            clauses: vec![xsec::Clause {
+                matches: vec![xsec::Match {
+                    principals: vec![xsec::StringMatch {
+                        match_type: Some(xsec::string_match::MatchType::Prefix("a".into())),
+                    }],
+                    source_ips: vec![xsec::Address {
+                        address: vec![10, 0, 0, 0],
+                        length: 8,
+                    }],
+                    destination_ports: vec![80],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        ..Default::default()
+    };
+    let seeds = [
+        (true, workload_res("w", vec![10, 0, 0, 1]).body.value),
+        (true, service_res().body.value),
+        (false, policy.encode_to_vec()),
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let (mut accepted, mut refused) = (0, 0);
+    for i in 0..3000 {
+        let (address, seed) = &seeds[i % seeds.len()];
+        let mut body = seed.clone();
+        for _ in 0..rng.random_range(1..4) {
+            if body.is_empty() {
+                break;
+            }
+            let at = rng.random_range(0..body.len());
+            match rng.random_range(0..3) {
+                0 => body[at] = rng.random(),
+                1 => body.truncate(at),
+                _ => body.insert(at, rng.random()),
+            }
+        }
+        let type_url = if *address {
+            ADDRESS_TYPE_URL
+        } else {
+            AUTHORIZATION_TYPE_URL
+        };
+        let update = Update {
+            resources: vec![Resource {
+                name: "m".into(),
+                version: "1".into(),
+                body: prost_types::Any {
+                    type_url: type_url.into(),
+                    value: body,
+                },
+            }],
+            removed: vec![],
+        };
+        let mut resources = Resources::default();
+        let rejected = if *address {
+            resources.apply_addresses(&update)
+        } else {
+            resources.apply_authorizations(&update)
+        };
+        let kept = resources.workloads.len() + resources.services.len() + resources.policies.len();
+        match rejected.as_slice() {
+            [] => {
+                assert_eq!(kept, 1);
+                accepted += 1;
+            }
+            [r] => {
+                assert_eq!(r.name, "m");
+                assert!(!r.reason.trim().is_empty());
+                assert_eq!(kept, 0);
+                refused += 1;
+            }
+            more => panic!("{} rejections for one resource", more.len()),
+        }
+        if let Err(e) = resources.build_state() {
+            panic!("accepted resources do not build a state: {e}");
+        }
+    }
+    // Both paths were exercised.
+    assert!(
+        accepted > 100 && refused > 100,
+        "{accepted} accepted, {refused} refused"
+    );
+}
