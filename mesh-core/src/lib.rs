@@ -1,7 +1,7 @@
 //! Shared core of Ambit: everything more than one binary needs. SPIFFE
 //! identities, certificates and the rustls configurations of HBONE, the HBONE
 //! client pool and server, the metrics registry, the small admin HTTP server,
-//! readiness tokens and the drain protocol. No binary-specific decisions
+//! readiness tokens, the drain protocol and the delta xDS client actor. No binary-specific decisions
 //! (routing, policy, translation) live here.
 
 pub mod admin;
@@ -13,5 +13,6 @@ pub mod identity;
 pub mod readiness;
 pub mod telemetry;
 pub mod tls;
+pub mod xds;
 
 pub use identity::Identity;

@@ -8,14 +8,17 @@
 //! [`Netns::tcp_connect`]); [`veth::link`] and [`TwoHosts`] wire namespaces together
 //! with veth pairs (IPv4 and IPv6, usable as soon as they return); [`EchoServer`] and
 //! [`echo_roundtrip`] check a TCP path end to end, half-close included; [`eventually()`]
-//! waits on a condition with bounded patience instead of sleeping. Every name is unique
+//! waits on a condition with bounded patience instead of sleeping; [`XdsServer`] is a
+//! scripted delta ADS server over real TLS that tests push responses through and whose
+//! received requests (ACKs, NACKs, initial versions) they inspect. Every name is unique
 //! per process and per call, so tests may run in parallel.
 //!
 //! What it does not do: it does not skip anything when not run as root (namespace tests
 //! fail loudly, see [`require_root`]), it installs no iptables/nft rules, routes or
-//! sysctls beyond what a veth link needs, knows nothing about Ambit's own crates, and
-//! cannot clean up after a test process that was killed with SIGKILL (such leftovers are
-//! named `amb-<pid>-...` and can be removed with `ip netns del`).
+//! sysctls beyond what a veth link needs, knows nothing of Ambit's crates beyond the wire
+//! types of `mesh-api`, and cannot clean up after a test process that was killed with
+//! SIGKILL (such leftovers are named `amb-<pid>-...` and can be removed with
+//! `ip netns del`).
 
 pub mod echo;
 pub mod eventually;
@@ -24,6 +27,7 @@ pub mod netns;
 pub mod process;
 mod sys;
 pub mod veth;
+pub mod xds_server;
 
 pub use echo::{EchoServer, echo_roundtrip};
 pub use eventually::eventually;
@@ -31,3 +35,4 @@ pub use ipnet;
 pub use netns::Netns;
 pub use process::{ChildGuard, require_root};
 pub use veth::{TwoHosts, VethPair, link, veth_pair};
+pub use xds_server::XdsServer;

@@ -22,6 +22,8 @@ pub struct AdminState {
     pub certs: Arc<CertStore>,
     pub log: LogControl,
     pub shutdown: Shutdown,
+    /// The xDS client's status when the state comes from a control plane.
+    pub xds: Option<tokio::sync::watch::Receiver<mesh_core::xds::XdsStatus>>,
 }
 
 pub fn admin_router(s: Arc<AdminState>) -> Router {
@@ -83,6 +85,8 @@ fn config_dump(s: &AdminState) -> serde_json::Value {
         "policies": policies,
         "peerAuthentications": state.peer_authentications(),
         "config": s.config.proxy,
+        "source": if s.xds.is_some() { "xds" } else { "file" },
+        "xds": s.xds.as_ref().map(|x| x.borrow().clone()),
         "certificates": certificates,
         "version": env!("CARGO_PKG_VERSION"),
     })

@@ -1,4 +1,4 @@
-//! Wires ztunnel together: certificates, state, listeners, admin. `build`
+//! Wires ztunnel together: certificates, state (from the file or xDS), listeners, admin. `build`
 //! binds every port (or fails naming the one it could not bind) and returns
 //! the addresses and a shutdown handle, so tests run the same code in-process.
 
@@ -10,12 +10,13 @@ use std::time::Duration;
 use mesh_core::control::{ControlPlane, TokenSource};
 use mesh_core::drain::{self, DrainOutcome, DrainTrigger, DrainWatcher};
 use mesh_core::hbone::{self, ClientSettings, Pool};
-use mesh_core::readiness::Readiness;
+use mesh_core::readiness::{BlockReady, Readiness};
 use mesh_core::telemetry::LogControl;
 use mesh_core::tls::{
     self, CertStore, CertificateAuthority, CertificateSource, IstioCaClient, LocalCa,
     StaticCertificates, TrustBundle,
 };
+use mesh_core::xds::XdsMetrics;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -50,6 +51,10 @@ pub enum AppError {
     State(#[from] StateError),
     #[error("proxy.workload {0}: no workload with that namespace and name in the config")]
     UnknownLocalWorkload(String),
+    #[error(transparent)]
+    Xds(#[from] crate::xds::XdsSetupError),
+    #[error("cannot start the control-plane thread: {0}")]
+    ControlThread(std::io::Error),
 }
 
 /// The bound addresses (ports resolved when the config asked for port 0).
@@ -69,7 +74,9 @@ pub struct Shutdown(Arc<watch::Sender<bool>>);
 
 impl Shutdown {
     pub fn trigger(&self) {
-        let _ = self.0.send(true);
+        // `send` drops the value when nobody subscribed yet (a trigger before
+        // `run`); `send_replace` always keeps it.
+        self.0.send_replace(true);
     }
 }
 
@@ -178,21 +185,40 @@ impl App {
         let deadline = config.drain_deadline();
         let (source, roots) = certificate_source(&config).await?;
         let certs = CertStore::new(source, roots);
-        let state = Arc::new(StateStore::new(State::from_config(&config)?));
         let local_ref = config.proxy.workload.clone();
-        let local = state
-            .load()
-            .workload_named(&local_ref.namespace, &local_ref.name)
-            .cloned()
-            .ok_or_else(|| {
-                AppError::UnknownLocalWorkload(format!(
-                    "{}/{}",
-                    local_ref.namespace, local_ref.name
-                ))
-            })?;
-
+        // With a control plane the state starts empty and the local workload
+        // arrives later; from a file it must be there now.
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
+        let (state, xds) = match &config.proxy.xds {
+            Some(x) => {
+                let state = Arc::new(StateStore::new(State::default()));
+                let (client, model) = crate::xds::client(x, state.clone()).await?;
+                let client = client.with_metrics(XdsMetrics::register(&mut registry));
+                (state, Some((client, model)))
+            }
+            None => (
+                Arc::new(StateStore::new(State::from_config(&config)?)),
+                None,
+            ),
+        };
+        let xds_status = xds.as_ref().map(|(client, _)| client.status());
+        let source = match xds {
+            Some((client, model)) => LocalSource::Xds(Box::new(client), model),
+            None => LocalSource::Static(
+                state
+                    .load()
+                    .workload_named(&local_ref.namespace, &local_ref.name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        AppError::UnknownLocalWorkload(format!(
+                            "{}/{}",
+                            local_ref.namespace, local_ref.name
+                        ))
+                    })?,
+            ),
+        };
+
         let registry = Arc::new(registry);
         let readiness = Readiness::new();
         let cert_ready = readiness.register("workload certificate");
@@ -214,9 +240,6 @@ impl App {
             readiness: addr(&ready_l),
         };
 
-        certs.prefetch(&local.identity).await?;
-        drop(cert_ready);
-
         let (trigger, watcher) = drain::channel();
         let shutdown = Shutdown(Arc::new(watch::channel(false).0));
         let pool = Pool::new(
@@ -235,38 +258,23 @@ impl App {
             certs: certs.clone(),
             pool: pool.clone(),
             metrics: metrics.clone(),
-            local: local_ref,
+            local: local_ref.clone(),
             mark: config.proxy.packet_mark,
             connect_timeout: config.proxy.connect_timeout.0,
         });
-
-        let p = proxy.clone();
-        tokio::spawn(proxy::accept_loop(
-            "outbound",
+        let listeners = DataListeners {
             outbound,
-            watcher.clone(),
-            move |s, peer, w| proxy::outbound::handle(p.clone(), s, peer, w),
-        ));
-        let p = proxy.clone();
-        tokio::spawn(proxy::accept_loop(
-            "inbound plaintext",
-            plaintext,
-            watcher.clone(),
-            move |s, peer, w| proxy::plaintext::handle(p.clone(), s, peer, w),
-        ));
-        spawn_hbone(
             inbound,
-            proxy.clone(),
-            local.identity.clone(),
-            watcher.clone(),
-        );
+            plaintext,
+        };
 
         let admin_state = Arc::new(AdminState {
             config,
             state,
-            certs,
+            certs: certs.clone(),
             log,
             shutdown: shutdown.clone(),
+            xds: xds_status,
         });
         tokio::spawn(mesh_core::admin::serve(
             admin_l,
@@ -280,9 +288,33 @@ impl App {
         ));
         tokio::spawn(mesh_core::admin::serve(
             ready_l,
-            admin::readiness_router(readiness),
+            admin::readiness_router(readiness.clone()),
             watcher.clone(),
         ));
+
+        match source {
+            LocalSource::Static(local) => {
+                certs.prefetch(&local.identity).await?;
+                drop(cert_ready);
+                listeners.serve(proxy, local.identity.clone(), watcher.clone());
+            }
+            LocalSource::Xds(client, model) => {
+                let synced = readiness.register("xDS sync");
+                tokio::spawn(release_when_synced(
+                    client.status(),
+                    synced,
+                    watcher.clone(),
+                ));
+                spawn_on_control_thread(*client, watcher.clone())?;
+                tokio::spawn(serve_once_local_known(
+                    model,
+                    proxy,
+                    listeners,
+                    cert_ready,
+                    watcher.clone(),
+                ));
+            }
+        }
         tokio::spawn(sweep(pool, watcher));
 
         Ok(App {
@@ -331,6 +363,122 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, A
         addr,
         source: e,
     })
+}
+
+/// Where the local workload comes from.
+enum LocalSource {
+    /// The config file, looked up at build.
+    Static(Arc<crate::state::WorkloadEntry>),
+    /// The control plane, once it sends it.
+    Xds(Box<mesh_core::xds::XdsClient>, Arc<crate::xds::XdsModel>),
+}
+
+/// The data-path listeners, bound at build and served once the local
+/// workload (and so the identity to serve HBONE with) is known.
+struct DataListeners {
+    outbound: TcpListener,
+    inbound: TcpListener,
+    plaintext: TcpListener,
+}
+
+impl DataListeners {
+    fn serve(self, proxy: Arc<Proxy>, local: mesh_core::Identity, watcher: DrainWatcher) {
+        let p = proxy.clone();
+        tokio::spawn(proxy::accept_loop(
+            "outbound",
+            self.outbound,
+            watcher.clone(),
+            move |s, peer, w| proxy::outbound::handle(p.clone(), s, peer, w),
+        ));
+        let p = proxy.clone();
+        tokio::spawn(proxy::accept_loop(
+            "inbound plaintext",
+            self.plaintext,
+            watcher.clone(),
+            move |s, peer, w| proxy::plaintext::handle(p.clone(), s, peer, w),
+        ));
+        spawn_hbone(self.inbound, proxy, local, watcher);
+    }
+}
+
+/// The xDS client runs on a small runtime of its own so that decoding and
+/// state rebuilds never take a proxy worker (style guide, point 10). It stops
+/// when the drain starts, which drops its drain watcher.
+fn spawn_on_control_thread(
+    client: mesh_core::xds::XdsClient,
+    drain: DrainWatcher,
+) -> Result<(), AppError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::ControlThread)?;
+    std::thread::Builder::new()
+        .name("ztunnel-xds".into())
+        .spawn(move || {
+            runtime.block_on(client.run(async move { drain.draining().await }));
+        })
+        .map_err(AppError::ControlThread)?;
+    Ok(())
+}
+
+/// Readiness waits for every subscribed xDS type to be applied once (spec 3.3).
+async fn release_when_synced(
+    mut status: watch::Receiver<mesh_core::xds::XdsStatus>,
+    token: BlockReady,
+    drain: DrainWatcher,
+) {
+    tokio::select! {
+        _ = status.wait_for(|s| s.synced) => drop(token),
+        _ = drain.draining() => {}
+    }
+}
+
+/// With xDS the local workload is not known at start: wait for the control
+/// plane to send it, then fetch its certificate and start serving.
+async fn serve_once_local_known(
+    model: Arc<crate::xds::XdsModel>,
+    proxy: Arc<Proxy>,
+    listeners: DataListeners,
+    cert_ready: BlockReady,
+    drain: DrainWatcher,
+) {
+    let mut updates = model.updates();
+    let local = proxy.local.clone();
+    let found = async {
+        loop {
+            if let Some(w) = proxy
+                .state
+                .load()
+                .workload_named(&local.namespace, &local.name)
+                .cloned()
+            {
+                return Some(w);
+            }
+            if updates.changed().await.is_err() {
+                return None;
+            }
+        }
+    };
+    let workload = tokio::select! {
+        w = found => w,
+        _ = drain.draining() => None,
+    };
+    let Some(workload) = workload else { return };
+    tracing::info!(
+        workload = %format!("{}/{}", local.namespace, local.name),
+        identity = %workload.identity,
+        "local workload received from the control plane"
+    );
+    let prefetch = tokio::select! {
+        r = proxy.certs.prefetch(&workload.identity) => r,
+        _ = drain.draining() => return,
+    };
+    if let Err(error) = prefetch {
+        tracing::error!(%error, "cannot get the local workload's certificate; not serving");
+        return;
+    }
+    drop(cert_ready);
+    listeners.serve(proxy, workload.identity.clone(), drain);
 }
 
 fn spawn_hbone(

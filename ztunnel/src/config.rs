@@ -6,6 +6,7 @@
 
 mod duration;
 pub mod model;
+mod xds;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::HumanDuration;
 pub use model::*;
+pub use xds::XdsConfig;
 
 /// The root namespace: a PeerAuthentication or GLOBAL policy there is mesh-wide.
 pub const ROOT_NAMESPACE: &str = "istio-system";
@@ -60,6 +62,10 @@ pub struct ProxyConfig {
     /// Timeout for TCP connects to peers and apps.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
+    /// Take workloads, services and policies from a control plane over
+    /// workload xDS instead of this file.
+    #[serde(default)]
+    pub xds: Option<XdsConfig>,
 }
 
 fn default_mark() -> Option<u32> {
@@ -293,6 +299,12 @@ impl Config {
                 fix(t);
             }
         }
+        if let Some(x) = &mut self.proxy.xds {
+            fix(&mut x.root_cert);
+            if let Some(t) = &mut x.token_file {
+                fix(t);
+            }
+        }
     }
 
     fn fill_defaults(&mut self) {
@@ -347,6 +359,28 @@ impl Config {
                     field("ttl"),
                     format!("{:?} is too short; at least 1m", cp.ttl.0),
                 ));
+            }
+        }
+        if let Some(x) = &self.proxy.xds {
+            x.validate()
+                .map_err(|(field, message)| invalid(field, message))?;
+            for (field, set) in [
+                ("workloads", !self.workloads.is_empty()),
+                ("services", !self.services.is_empty()),
+                (
+                    "authorizationPolicies",
+                    !self.authorization_policies.is_empty(),
+                ),
+                ("peerAuthentications", !self.peer_authentications.is_empty()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        field.into(),
+                        "must be empty when proxy.xds is set: the control plane supplies \
+                         workloads, services and policies"
+                            .into(),
+                    ));
+                }
             }
         }
         let mut uids = HashSet::new();

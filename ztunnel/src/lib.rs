@@ -14,6 +14,7 @@ pub mod config;
 pub mod metrics;
 pub mod proxy;
 pub mod state;
+pub mod xds;
 
 pub use app::{Addresses, App, AppError, Shutdown};
 pub use config::Config;

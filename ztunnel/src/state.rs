@@ -9,6 +9,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use mesh_core::Identity;
 
+pub mod from_xds;
+
 use crate::config::{Authorization, Config, PeerAuthentication, PortMapping, Service, Workload};
 
 /// A workload with its identity computed once.

@@ -258,3 +258,55 @@ fn a_control_plane_ca_is_parsed_with_defaults_and_bad_settings_are_named() {
         assert!(err.contains(want), "{certs}: {err}");
     }
 }
+
+const XDS: &str = "
+proxy:
+  workload: default/server
+  certificates:
+    ca: {cert: root.pem, key: root.key}
+  xds:
+    address: https://istiod.istio-system.svc:15012
+    rootCert: xds-root.pem
+    token: s3cret
+    nodeName: node-a
+    headers: {X-Tenant: blue}
+";
+
+#[test]
+fn the_xds_section_parses_and_hides_the_token() {
+    let c = Config::parse(XDS).unwrap();
+    let x = c.proxy.xds.as_ref().unwrap();
+    assert_eq!(x.cluster_id, "Kubernetes");
+    assert_eq!(x.pod_namespace, "istio-system");
+    assert_eq!(x.headers["X-Tenant"], "blue");
+    let dumped = serde_json::to_string(&c.proxy).unwrap();
+    assert!(!dumped.contains("s3cret"), "{dumped}");
+    assert!(dumped.contains("<redacted>"), "{dumped}");
+}
+
+#[test]
+fn bad_xds_settings_name_the_field() {
+    let cases = [
+        (
+            XDS.replace("https://istiod", "http://istiod"),
+            "proxy.xds.address",
+        ),
+        (
+            XDS.replace("token: s3cret", "token: s3cret\n    tokenFile: /t"),
+            "proxy.xds.token: set token or tokenFile, not both",
+        ),
+        (
+            XDS.replace("X-Tenant: blue", "'bad header': blue"),
+            "proxy.xds.headers.bad header",
+        ),
+        (XDS.replace("rootCert", "rootCerts"), "proxy.xds"),
+        (
+            format!("{XDS}workloads:\n- {{name: a, namespace: b, addresses: [10.0.0.1]}}\n"),
+            "workloads: must be empty when proxy.xds is set",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = Config::parse(&text).unwrap_err().to_string();
+        assert!(e.contains(expected), "{e:?} lacks {expected:?}");
+    }
+}
