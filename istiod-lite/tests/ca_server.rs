@@ -150,6 +150,7 @@ impl Fixture {
             token: Some(TokenSource::Literal(token.into())),
             cluster_id: "Kubernetes".into(),
             headers: vec![],
+            mark: None,
         }
     }
 

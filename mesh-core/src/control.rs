@@ -72,6 +72,10 @@ pub struct ControlPlane {
     pub cluster_id: String,
     /// Extra metadata sent on every call (`XDS_HEADER_<name>` / `CA_HEADER_<name>`).
     pub headers: Vec<(String, String)>,
+    /// `SO_MARK` for the connection, so a proxy running inside a captured
+    /// network namespace reaches the control plane without being redirected
+    /// to itself.
+    pub mark: Option<u32>,
 }
 
 impl ControlPlane {
@@ -101,12 +105,13 @@ impl ControlPlane {
         let tls = Arc::new(self.tls_config()?);
         let port = uri.port_u16().unwrap_or(443);
         let target = format!("{}:{port}", uri.host().unwrap_or_default());
+        let mark = self.mark;
         let connector = tower::service_fn(move |_: Uri| {
             let tls = tls.clone();
             let server_name = server_name.clone();
             let target = target.clone();
             async move {
-                let tcp = TcpStream::connect(target.as_str()).await?;
+                let tcp = connect(&target, mark).await?;
                 let _ = tcp.set_nodelay(true);
                 let stream = TlsConnector::from(tls).connect(server_name, tcp).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(stream))
@@ -162,6 +167,32 @@ impl ControlPlane {
     }
 }
 
+/// Resolves `target` and connects to the first address that answers, with
+/// the socket mark set before the SYN goes out.
+async fn connect(target: &str, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(target).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(mark) = mark {
+            socket2::SockRef::from(&socket).set_mark(mark)?;
+        }
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{target} resolves to no address"),
+        )
+    }))
+}
+
 fn insert(
     metadata: &mut tonic::metadata::MetadataMap,
     name: &str,
@@ -189,6 +220,7 @@ mod tests {
             token: Some(TokenSource::Literal("t0k".into())),
             cluster_id: "Kubernetes".into(),
             headers: vec![("X-Extra".into(), "1".into())],
+            mark: None,
         }
     }
 

@@ -139,6 +139,7 @@ async fn fixture() -> Result<Fixture> {
         token: Some(TokenSource::Literal("secret-token".into())),
         cluster_id: "Kubernetes".into(),
         headers: vec![],
+        mark: None,
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = XdsMetrics::register(&mut registry);

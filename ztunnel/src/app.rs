@@ -115,7 +115,7 @@ async fn certificate_source(
             tls::parse_certs(&roots, "trust roots")?
         };
         let bundle = Arc::new(TrustBundle::new(extra.clone())?);
-        let client = control_plane_ca(cp, &config.proxy.cluster_id)
+        let client = control_plane_ca(cp, &config.proxy.cluster_id, config.proxy.packet_mark)
             .await?
             .updating_trust_bundle(bundle.clone(), extra);
         return Ok((Arc::new(client), bundle));
@@ -153,6 +153,7 @@ fn bundle_of(roots_pem: &[u8]) -> Result<Arc<TrustBundle>, AppError> {
 async fn control_plane_ca(
     cp: &ControlPlaneCa,
     cluster_id: &str,
+    mark: Option<u32>,
 ) -> Result<IstioCaClient, AppError> {
     let root_pem = read(&cp.root_cert).await?;
     let roots = tls::parse_certs(&root_pem, "controlPlane.rootCert").map_err(|e| {
@@ -176,6 +177,7 @@ async fn control_plane_ca(
             .clone()
             .unwrap_or_else(|| cluster_id.to_string()),
         headers: Vec::new(),
+        mark,
     };
     Ok(IstioCaClient::new(control, cp.impersonate, cp.ttl.0))
 }
@@ -193,7 +195,8 @@ impl App {
         let (state, xds) = match &config.proxy.xds {
             Some(x) => {
                 let state = Arc::new(StateStore::new(State::default()));
-                let (client, model) = crate::xds::client(x, state.clone()).await?;
+                let (client, model) =
+                    crate::xds::client(x, state.clone(), config.proxy.packet_mark).await?;
                 let client = client.with_metrics(XdsMetrics::register(&mut registry));
                 (state, Some((client, model)))
             }

@@ -161,6 +161,7 @@ impl Handler for AuthorizationHandler {
 pub async fn client(
     config: &XdsConfig,
     store: Arc<StateStore>,
+    mark: Option<u32>,
 ) -> Result<(XdsClient, Arc<XdsModel>), XdsSetupError> {
     let root_err = |reason: String| XdsSetupError::RootCert {
         path: config.root_cert.display().to_string(),
@@ -187,6 +188,7 @@ pub async fn client(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        mark,
     };
     let node = NodeInfo {
         proxy_type: "ztunnel".into(),

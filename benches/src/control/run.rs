@@ -130,6 +130,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<ControlFigures> {
             token: Some(TokenSource::Literal(token.clone())),
             cluster_id: "Kubernetes".into(),
             headers: vec![],
+            mark: None,
         };
         let tx = tx.clone();
         tokio::spawn(async move {

@@ -269,6 +269,7 @@ mod tests {
             token: None,
             cluster_id: String::new(),
             headers: vec![],
+            mark: None,
         };
         let who: Identity = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
         let client = IstioCaClient::new(control.clone(), true, Duration::from_secs(3600));

@@ -355,6 +355,7 @@ mod tests {
             token: None,
             cluster_id: String::new(),
             headers: vec![],
+            mark: None,
         }
     }
 
