@@ -460,6 +460,8 @@ fn ca_request_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("empty", with_mode(0, Vec::new())),
     ]
+}
+
 /// Directory-source files: valid multi-document files and one of each refusal.
 fn registry_yaml_seeds() -> Vec<(&'static str, Vec<u8>)> {
     [

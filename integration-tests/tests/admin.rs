@@ -47,15 +47,19 @@ async fn admin_shows_config_changes_log_level_and_quits_gracefully() -> Result<(
     // for: a connection still closing when drain starts is held open until the
     // drain deadline (a known race in the drain of half-closed HBONE streams),
     // which is not what this test is about.
-    eventually("the closed connection is finished", Duration::from_secs(5), || async {
-        let closed = metric(
-            &mesh.metrics("client").await?,
-            "istio_tcp_connections_closed_total",
-            &[],
-        );
-        anyhow::ensure!(closed >= 1.0, "{closed} closed: {}", mesh.log("client"));
-        Ok(())
-    })
+    eventually(
+        "the closed connection is finished",
+        Duration::from_secs(5),
+        || async {
+            let closed = metric(
+                &mesh.metrics("client").await?,
+                "istio_tcp_connections_closed_total",
+                &[],
+            );
+            anyhow::ensure!(closed >= 1.0, "{closed} closed: {}", mesh.log("client"));
+            Ok(())
+        },
+    )
     .await?;
     let (status, body) = http_request(ns, admin, "POST", "/quitquitquit").await?;
     assert_eq!((status, body.trim()), (200, "shutdown now"));

@@ -117,6 +117,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<ControlFigures> {
     )?;
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
+    let mut client_tasks = Vec::with_capacity(args.clients);
     let started = Instant::now();
     for client in 0..args.clients {
         let node = generate::node_name(client % shape.nodes);
@@ -133,11 +134,11 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<ControlFigures> {
             mark: None,
         };
         let tx = tx.clone();
-        tokio::spawn(async move {
+        client_tasks.push(tokio::spawn(async move {
             if let Err(e) = client::run(client, control, node, tx).await {
                 eprintln!("client {client}: {e:#}");
             }
-        });
+        }));
     }
     drop(tx);
 
@@ -193,6 +194,10 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<ControlFigures> {
     }
 
     let usage = crate::procfs::process_usage(pid, crate::procfs::clk_tck())?;
+    // The clients go first, so stopping istiod-lite is not reported as their error.
+    for task in client_tasks {
+        task.abort();
+    }
     let _ = istiod.start_kill();
     let _ = istiod.wait().await;
     Ok(ControlFigures {
