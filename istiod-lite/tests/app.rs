@@ -1,0 +1,124 @@
+//! The whole istiod-lite in-process, as the binary runs it: a directory
+//! source, translation, xDS and CA on one TLS port, the admin port, and a
+//! shutdown that ends open streams within its deadline.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use istiod_lite::app::App;
+use istiod_lite::config::Config;
+use mesh_api::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use mesh_api::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use mesh_core::control::{ControlPlane, TokenSource};
+use mesh_core::telemetry::LogControl;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::StreamExt;
+
+const CLUSTER: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart, namespace: shop}
+spec: {nodeName: node-a, serviceAccountName: cart, containers: [{name: c, image: c}]}
+status: {phase: Running, podIP: 10.0.0.7, conditions: [{type: Ready, status: \"True\"}]}
+";
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf[9..12].parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_xds_from_a_directory_and_shuts_down_within_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let resources = dir.path().join("resources");
+    std::fs::create_dir_all(&resources).unwrap();
+    std::fs::write(resources.join("shop.yaml"), CLUSTER).unwrap();
+    let state = dir.path().join("state");
+    let config = Config::try_parse_from([
+        "istiod-lite",
+        "--dir",
+        resources.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--drain-deadline",
+        "2s",
+    ])
+    .unwrap();
+    let app = App::start(config, LogControl::detached()).await.unwrap();
+
+    let (status, body) = get(app.admin, "/ready").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, dump) = get(app.admin, "/debug/config_dump").await;
+    assert!(dump.contains("Kubernetes//Pod/shop/cart"), "{dump}");
+
+    // A ztunnel of node-a, with the token istiod-lite created for it.
+    let tokens: BTreeMap<String, String> =
+        serde_yaml::from_slice(&std::fs::read(state.join("node-tokens.yaml")).unwrap()).unwrap();
+    let root = std::fs::read(state.join("root-cert.pem")).unwrap();
+    let control = ControlPlane {
+        address: format!("https://localhost:{}", app.grpc.port()),
+        server_name: None,
+        roots: mesh_core::tls::parse_certs(&root, "root").unwrap(),
+        token: Some(TokenSource::Literal(tokens["node-a"].clone())),
+        cluster_id: "Kubernetes".into(),
+        headers: vec![],
+        mark: None,
+    };
+    let mut ads = AggregatedDiscoveryServiceClient::new(control.channel().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: mesh_api::ADDRESS_TYPE_URL.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+    control.authorize(&mut request).unwrap();
+    let mut responses = ads
+        .delta_aggregated_resources(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = responses.next().await.unwrap().unwrap();
+    let names: Vec<_> = first.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["Kubernetes//Pod/shop/cart"]);
+    let (_, clients) = get(app.admin, "/debug/clients").await;
+    assert!(clients.contains("node-a"), "{clients}");
+
+    // Shutdown ends the open stream and returns within the deadline.
+    let started = Instant::now();
+    app.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(2), responses.next())
+        .await
+        .expect("the stream ends with the server");
+    assert!(!matches!(ended, Some(Ok(_))), "{ended:?}");
+    drop(tx);
+}
