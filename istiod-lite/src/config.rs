@@ -32,7 +32,7 @@ pub struct Config {
     pub source: SourceKind,
 
     /// The directory of YAML files (source `dir`).
-    #[arg(long, env = "ISTIOD_DIR", required_if_eq("source", "dir"))]
+    #[arg(long, env = "ISTIOD_DIR")]
     pub dir: Option<PathBuf>,
 
     /// A kubeconfig file (source `kube`); in-cluster config or
@@ -126,6 +126,24 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// Parses the command line (and environment); also refuses combinations
+    /// clap cannot express, such as the default `dir` source without `--dir`.
+    pub fn from_args<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::CommandFactory;
+        let config = Config::try_parse_from(args)?;
+        if config.source == SourceKind::Dir && config.dir.is_none() {
+            return Err(Config::command().error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "the directory source needs --dir PATH (or ISTIOD_DIR); use --source kube for the Kubernetes API",
+            ));
+        }
+        Ok(config)
+    }
+
     pub fn mesh(&self) -> MeshConfig {
         MeshConfig {
             trust_domain: self.trust_domain.clone(),
@@ -156,21 +174,19 @@ mod tests {
 
     #[test]
     fn defaults_and_errors() {
-        let c = Config::try_parse_from(["istiod-lite", "--dir", "/tmp/cluster/resources"]).unwrap();
+        let c = Config::from_args(["istiod-lite", "--dir", "/tmp/cluster/resources"]).unwrap();
         assert_eq!(c.source, SourceKind::Dir);
         assert_eq!(c.grpc_listen.port(), 15012);
         assert_eq!(c.cert_ttl, Duration::from_secs(86400));
         assert_eq!(c.state_dir(), PathBuf::from("/tmp/cluster/.istiod-lite"));
         assert_eq!(c.trusted_node_accounts, vec!["istio-system/ztunnel"]);
 
-        let err = Config::try_parse_from(["istiod-lite"]).unwrap_err();
+        let err = Config::from_args(["istiod-lite"]).unwrap_err();
         assert!(err.to_string().contains("--dir"), "{err}");
-        let err =
-            Config::try_parse_from(["istiod-lite", "--dir", "d", "--cert-ttl", "3d"]).unwrap_err();
+        let err = Config::from_args(["istiod-lite", "--dir", "d", "--cert-ttl", "3d"]).unwrap_err();
         assert!(err.to_string().contains("unknown unit"), "{err}");
-        let err =
-            Config::try_parse_from(["istiod-lite", "--dir", "d", "--root-cert", "c"]).unwrap_err();
+        let err = Config::from_args(["istiod-lite", "--dir", "d", "--root-cert", "c"]).unwrap_err();
         assert!(err.to_string().contains("--root-key"), "{err}");
-        assert!(Config::try_parse_from(["istiod-lite", "--source", "kube"]).is_ok());
+        assert!(Config::from_args(["istiod-lite", "--source", "kube"]).is_ok());
     }
 }

@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use istiod_lite::app::App;
 use istiod_lite::config::Config;
 
@@ -8,7 +7,7 @@ use istiod_lite::config::Config;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = Config::from_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let log = mesh_core::telemetry::init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
