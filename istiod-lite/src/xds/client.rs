@@ -188,20 +188,30 @@ impl ClientState {
             if state.pending.is_some() {
                 continue;
             }
-            let delta = state.delta_to(type_url, snapshot);
+            let (delta, path) = state.delta_to(type_url, snapshot);
             // Generation 0 is a snapshot never published: no identity.
             state.synced = (snapshot.generation != 0).then_some(snapshot.generation);
             if delta.is_empty() && state.answered {
                 continue;
             }
             let nonce = next_nonce();
-            for (name, resource) in &delta.resources {
-                state
-                    .has
-                    .insert(name.clone(), parse_version(&resource.version));
-            }
-            for name in &delta.removed {
-                state.has.remove(name.as_str());
+            match path {
+                Path::Changes => {
+                    for (name, resource) in &delta.resources {
+                        state
+                            .has
+                            .insert(name.clone(), parse_version(&resource.version));
+                    }
+                    for name in &delta.removed {
+                        state.has.remove(name.as_str());
+                    }
+                }
+                // After a full response the client holds exactly what it
+                // wants of the snapshot; rebuilding shares every name with
+                // the snapshot, including names a reconnecting client sent.
+                Path::Full => {
+                    state.has = held_of(&state.subscription, snapshot.resources(type_url));
+                }
             }
             let response = DeltaDiscoveryResponse {
                 system_version_info: String::new(),
@@ -233,27 +243,58 @@ impl ClientState {
     }
 }
 
+/// How a delta was found, which says how to update what the client holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// From the changes since the generation the client matched: apply it.
+    Changes,
+    /// From a full comparison.
+    Full,
+}
+
+/// What a client subscribed as `subscription` holds once it matches
+/// `current`, with names shared with the snapshot.
+fn held_of(
+    subscription: &Subscription,
+    current: Option<&super::Resources>,
+) -> BTreeMap<Arc<str>, HeldVersion> {
+    let Some(current) = current else {
+        return BTreeMap::new();
+    };
+    let held = |(name, resource): (&Arc<str>, &Arc<super::Resource>)| {
+        (name.clone(), parse_version(&resource.version))
+    };
+    if subscription.wildcard {
+        current.iter().map(held).collect()
+    } else {
+        subscription
+            .names
+            .iter()
+            .filter_map(|name| current.get_key_value(name.as_str()))
+            .map(held)
+            .collect()
+    }
+}
+
 impl TypeState {
     /// What this client must be sent of `type_url` to match `snapshot`.
     /// Up to date: nothing. One generation behind with nothing asked for
     /// since: the snapshot's shared changes, filtered. Otherwise a full
     /// comparison, which gives the same answer in any state.
-    fn delta_to(&mut self, type_url: &str, snapshot: &Snapshot) -> Delta {
+    fn delta_to(&mut self, type_url: &str, snapshot: &Snapshot) -> (Delta, Path) {
         if self.unanswered_names.is_empty() && self.synced.is_some() {
             if self.synced == Some(snapshot.generation) {
-                return Delta::default();
+                return (Delta::default(), Path::Changes);
             }
             if let Some(changes) = snapshot.changes.as_deref()
                 && self.synced == Some(changes.since)
             {
-                return delta_from_changes(
-                    &self.subscription,
-                    &self.has,
-                    changes.types.get(type_url),
-                );
+                let delta =
+                    delta_from_changes(&self.subscription, &self.has, changes.types.get(type_url));
+                return (delta, Path::Changes);
             }
         }
-        self.full_delta(type_url, snapshot)
+        (self.full_delta(type_url, snapshot), Path::Full)
     }
 
     fn full_delta(&mut self, type_url: &str, snapshot: &Snapshot) -> Delta {
@@ -615,6 +656,31 @@ mod tests {
         let r = c.responses(&third, &mut nonce);
         assert!(r[0].resources.is_empty());
         assert_eq!(r[0].removed_resources, ["missing"]);
+    }
+
+    #[test]
+    fn a_reconnecting_client_holds_names_shared_with_the_snapshot() {
+        let snap = snapshot(&[("a", "1"), ("b", "1")]);
+        let version = snap.types[T]["a"].version.clone();
+        let mut c = ClientState::default();
+        c.on_request(&request(|r| {
+            r.initial_resource_versions = [
+                ("a".to_string(), version),
+                ("gone".to_string(), "x".to_string()),
+            ]
+            .into();
+        }))
+        .unwrap();
+        let r = c.responses(&snap, nonces());
+        assert_eq!(names(&r[0]), ["b"]);
+        assert_eq!(r[0].removed_resources, ["gone"]);
+        let has = &c.types[T].has;
+        assert_eq!(has.len(), 2);
+        for (name, resource) in &snap.types[T] {
+            let (held, _) = has.get_key_value(name).unwrap();
+            assert!(Arc::ptr_eq(held, name), "{name} is a copy");
+            assert_eq!(has[name], parse_version(&resource.version));
+        }
     }
 
     #[test]
