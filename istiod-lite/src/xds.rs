@@ -34,7 +34,8 @@ use std::time::Instant;
 pub type Resources = BTreeMap<Arc<str>, Arc<Resource>>;
 
 /// Everything the server can send: per type URL, resource name to resource.
-/// Built from a translation; the server diffs successive snapshots per client.
+/// Built from a translation. A client up to date with the previous snapshot
+/// is sent this one's `changes`; any other client is compared in full.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
     pub types: BTreeMap<String, Resources>,
