@@ -17,7 +17,7 @@ pub fn config_dump(snapshot: &Snapshot) -> Value {
         for (name, resource) in resources {
             let decoded = decode(type_url, &resource.body.value);
             out.insert(
-                name.clone(),
+                name.to_string(),
                 json!({"version": resource.version, "resource": decoded}),
             );
         }

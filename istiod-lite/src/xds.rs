@@ -6,6 +6,7 @@
 //! NACK means) are plain functions over plain data in `delta` and `client`;
 //! `server` only moves messages between the stream and those functions.
 
+mod changes;
 mod client;
 mod delta;
 mod info;
@@ -14,8 +15,9 @@ mod publish;
 mod server;
 mod service;
 
+pub use changes::{Changes, TypeChanges, changes_between};
 pub use client::{ClientState, MAX_TYPES_PER_CLIENT, NodeInfo, RequestError, RequestOutcome};
-pub use delta::{Delta, Subscription, diff};
+pub use delta::{Delta, HeldVersion, Subscription, diff, parse_version};
 pub use info::{ClientInfo, TypeInfo};
 pub use metrics::XdsMetrics;
 pub use publish::{DEFAULT_DEBOUNCE, DEFAULT_MAX_DELAY, publish};
@@ -24,18 +26,30 @@ pub use service::AdsService;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+/// The resources of one type by name. Names are `Arc<str>` so that what each
+/// client holds shares them with the snapshot instead of copying them.
+pub type Resources = BTreeMap<Arc<str>, Arc<Resource>>;
+
 /// Everything the server can send: per type URL, resource name to resource.
-/// Built from a translation; the server diffs successive snapshots per client.
+/// Built from a translation. A client up to date with the previous snapshot
+/// is sent this one's `changes`; any other client is compared in full.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    pub types: BTreeMap<String, BTreeMap<String, Arc<Resource>>>,
+    pub types: BTreeMap<String, Resources>,
     /// When the snapshot was handed to the server. `None` until the first
     /// build is published: clients get no answer before that, so a client
     /// reconnecting to a control plane that has not loaded its registry yet
     /// is not told that everything it has was removed.
     pub published_at: Option<Instant>,
+    /// Names this snapshot's content among all published in the process
+    /// (0 until published). Clients record the generation they match.
+    pub generation: u64,
+    /// What changed since the snapshot published before it, when it was
+    /// published after one: clients that matched that one need only this.
+    pub changes: Option<Arc<Changes>>,
 }
 
 /// One encoded resource and its version. The version is a digest of the
@@ -66,7 +80,7 @@ impl Snapshot {
     pub fn insert(
         &mut self,
         type_url: &str,
-        name: impl Into<String>,
+        name: impl Into<Arc<str>>,
         message: &impl prost::Message,
     ) {
         self.types
@@ -82,7 +96,7 @@ impl Snapshot {
     }
 
     /// The resources of `type_url`, if the type is known.
-    pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
+    pub fn resources(&self, type_url: &str) -> Option<&Resources> {
         self.types.get(type_url)
     }
 
@@ -91,11 +105,38 @@ impl Snapshot {
         self.types == other.types
     }
 
-    /// This snapshot, marked as published now.
+    /// This snapshot, marked as published now, with a new generation and
+    /// no known changes: every client compares it in full.
     pub fn published_now(mut self) -> Self {
         self.published_at = Some(Instant::now());
+        self.generation = next_generation();
+        self.changes = None;
         self
     }
+
+    /// This snapshot, published now as the successor of `previous`, with
+    /// the changes since it; `None` when `previous` was published and has
+    /// the same content, so there is nothing to publish.
+    pub fn published_after(self, previous: &Snapshot) -> Option<Self> {
+        let types = changes_between(&previous.types, &self.types);
+        let same_types = previous.types.keys().eq(self.types.keys());
+        if previous.published_at.is_some() && same_types && types.is_empty() {
+            return None;
+        }
+        let since = previous.generation;
+        let mut published = self.published_now();
+        if since != 0 {
+            published.changes = Some(Arc::new(Changes { since, types }));
+        }
+        Some(published)
+    }
+}
+
+/// Generations are unique in the process, so a client can never mistake a
+/// snapshot for another, even one published by a different publisher.
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// 16 hex characters of the SHA-256 of the encoded bytes: stable across
@@ -143,6 +184,34 @@ mod tests {
             <Address as prost::Message>::decode(any.value.as_slice()).unwrap(),
             workload("u1", "b")
         );
+    }
+
+    #[test]
+    fn each_publication_carries_its_changes_since_the_one_before() {
+        let t = mesh_api::ADDRESS_TYPE_URL;
+        let mut a = Snapshot::default();
+        a.insert(t, "u1", &workload("u1", "a"));
+        let first = a.clone().published_after(&Snapshot::default()).unwrap();
+        assert!(first.changes.is_none(), "nothing was published before");
+        assert!(a.clone().published_after(&first).is_none(), "same content");
+
+        let mut b = a.clone();
+        b.insert(t, "u2", &workload("u2", "b"));
+        let second = b.published_after(&first).unwrap();
+        assert!(second.generation > first.generation);
+        let changes = second.changes.as_deref().unwrap();
+        assert_eq!(changes.since, first.generation);
+        let updated: Vec<&str> = changes.types[t].updated.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(updated, ["u2"]);
+        assert!(changes.types[t].removed.is_empty());
+
+        // Declaring a type with no resources is a change of content too.
+        let mut c = Snapshot::default();
+        c.insert(t, "u1", &workload("u1", "a"));
+        c.insert(t, "u2", &workload("u2", "b"));
+        c.declare(mesh_api::AUTHORIZATION_TYPE_URL);
+        let third = c.published_after(&second).unwrap();
+        assert!(third.changes.as_deref().unwrap().types.is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! server feeds requests and snapshots in and sends the responses out.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mesh_api::envoy::service::discovery::v3::{
@@ -11,7 +12,8 @@ use mesh_api::envoy::service::discovery::v3::{
 use prost::Message;
 
 use super::Snapshot;
-use super::delta::{Subscription, diff};
+use super::changes::delta_from_changes;
+use super::delta::{Delta, HeldVersion, Subscription, diff, parse_version};
 
 /// More types than any client of workload xDS uses; a bound on the state a
 /// stream can make the server hold.
@@ -55,7 +57,13 @@ pub struct Pending {
 pub struct TypeState {
     pub subscription: Subscription,
     /// Name -> version of what the client has (was sent, or said it had).
-    pub has: BTreeMap<String, String>,
+    /// Names sent are shared with the snapshot they came from.
+    pub has: BTreeMap<Arc<str>, HeldVersion>,
+    /// The generation of the snapshot `has` matches (filtered by the
+    /// subscription), when known: set by a response, or by finding nothing
+    /// to send; cleared by a subscription change. A client one generation
+    /// behind is brought up to date from that snapshot's changes alone.
+    pub synced: Option<u64>,
     /// At most one response per type is in flight; changes wait behind it
     /// and are sent together once it is answered.
     pub pending: Option<Pending>,
@@ -110,10 +118,15 @@ impl ClientState {
             &request.resource_names_unsubscribe,
         );
         state.unanswered_names.extend(added);
+        if !request.resource_names_subscribe.is_empty()
+            || !request.resource_names_unsubscribe.is_empty()
+        {
+            state.synced = None;
+        }
         for name in &request.resource_names_unsubscribe {
             // The client forgets what it unsubscribed from; if wildcard still
             // covers it, the next diff sends it again.
-            state.has.remove(name);
+            state.has.remove(name.as_str());
             state.unanswered_names.remove(name);
         }
         if first {
@@ -125,7 +138,9 @@ impl ClientState {
                 if version.is_empty() {
                     state.unanswered_names.insert(name.clone());
                 } else {
-                    state.has.insert(name.clone(), version.clone());
+                    state
+                        .has
+                        .insert(Arc::from(name.as_str()), parse_version(version));
                 }
             }
             return Ok(RequestOutcome::Opened);
@@ -173,23 +188,30 @@ impl ClientState {
             if state.pending.is_some() {
                 continue;
             }
-            let current = snapshot.resources(type_url);
-            let mut delta = diff(&state.subscription, &state.has, current);
-            for name in std::mem::take(&mut state.unanswered_names) {
-                let exists = current.is_some_and(|c| c.contains_key(&name));
-                if !exists && !state.has.contains_key(&name) {
-                    delta.removed.push(name);
-                }
-            }
+            let (delta, path) = state.delta_to(type_url, snapshot);
+            // Generation 0 is a snapshot never published: no identity.
+            state.synced = (snapshot.generation != 0).then_some(snapshot.generation);
             if delta.is_empty() && state.answered {
                 continue;
             }
             let nonce = next_nonce();
-            for (name, resource) in &delta.resources {
-                state.has.insert(name.clone(), resource.version.clone());
-            }
-            for name in &delta.removed {
-                state.has.remove(name);
+            match path {
+                Path::Changes => {
+                    for (name, resource) in &delta.resources {
+                        state
+                            .has
+                            .insert(name.clone(), parse_version(&resource.version));
+                    }
+                    for name in &delta.removed {
+                        state.has.remove(name.as_str());
+                    }
+                }
+                // After a full response the client holds exactly what it
+                // wants of the snapshot; rebuilding shares every name with
+                // the snapshot, including names a reconnecting client sent.
+                Path::Full => {
+                    state.has = held_of(&state.subscription, snapshot.resources(type_url));
+                }
             }
             let response = DeltaDiscoveryResponse {
                 system_version_info: String::new(),
@@ -199,7 +221,7 @@ impl ClientState {
                     .map(|(name, resource)| WireResource {
                         version: resource.version.clone(),
                         resource: Some(resource.body.clone()),
-                        name,
+                        name: name.to_string(),
                         ..Default::default()
                     })
                     .collect(),
@@ -218,6 +240,73 @@ impl ClientState {
             out.push(response);
         }
         out
+    }
+}
+
+/// How a delta was found, which says how to update what the client holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// From the changes since the generation the client matched: apply it.
+    Changes,
+    /// From a full comparison.
+    Full,
+}
+
+/// What a client subscribed as `subscription` holds once it matches
+/// `current`, with names shared with the snapshot.
+fn held_of(
+    subscription: &Subscription,
+    current: Option<&super::Resources>,
+) -> BTreeMap<Arc<str>, HeldVersion> {
+    let Some(current) = current else {
+        return BTreeMap::new();
+    };
+    let held = |(name, resource): (&Arc<str>, &Arc<super::Resource>)| {
+        (name.clone(), parse_version(&resource.version))
+    };
+    if subscription.wildcard {
+        current.iter().map(held).collect()
+    } else {
+        subscription
+            .names
+            .iter()
+            .filter_map(|name| current.get_key_value(name.as_str()))
+            .map(held)
+            .collect()
+    }
+}
+
+impl TypeState {
+    /// What this client must be sent of `type_url` to match `snapshot`.
+    /// Up to date: nothing. One generation behind with nothing asked for
+    /// since: the snapshot's shared changes, filtered. Otherwise a full
+    /// comparison, which gives the same answer in any state.
+    fn delta_to(&mut self, type_url: &str, snapshot: &Snapshot) -> (Delta, Path) {
+        if self.unanswered_names.is_empty() && self.synced.is_some() {
+            if self.synced == Some(snapshot.generation) {
+                return (Delta::default(), Path::Changes);
+            }
+            if let Some(changes) = snapshot.changes.as_deref()
+                && self.synced == Some(changes.since)
+            {
+                let delta =
+                    delta_from_changes(&self.subscription, &self.has, changes.types.get(type_url));
+                return (delta, Path::Changes);
+            }
+        }
+        (self.full_delta(type_url, snapshot), Path::Full)
+    }
+
+    fn full_delta(&mut self, type_url: &str, snapshot: &Snapshot) -> Delta {
+        let current = snapshot.resources(type_url);
+        let mut delta = diff(&self.subscription, &self.has, current);
+        for name in std::mem::take(&mut self.unanswered_names) {
+            let exists = current.is_some_and(|c| c.contains_key(name.as_str()));
+            if !exists && !self.has.contains_key(name.as_str()) {
+                delta.removed.push(name);
+            }
+        }
+        delta
     }
 }
 
@@ -456,6 +545,142 @@ mod tests {
         let r = c.responses(&snap, &mut nonce);
         assert_eq!(names(&r[0]), ["ns/a"]);
         assert_eq!(r[0].removed_resources, ["ns/missing"]);
+    }
+
+    fn content(entries: &[(&str, &str)]) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.declare(T);
+        for (name, text) in entries {
+            s.insert(T, *name, &text.to_string());
+        }
+        s
+    }
+
+    /// Publishes `entries` after `previous`, as the publisher does.
+    fn next(previous: &Snapshot, entries: &[(&str, &str)]) -> Snapshot {
+        content(entries)
+            .published_after(previous)
+            .expect("the content differs")
+    }
+
+    fn ack(c: &mut ClientState, nonce: &str) {
+        let outcome = c.on_request(&request(|r| r.response_nonce = nonce.into()));
+        assert!(matches!(outcome, Ok(RequestOutcome::Acked { .. })));
+    }
+
+    #[test]
+    fn a_client_one_generation_behind_is_sent_the_published_changes() {
+        let mut c = ClientState::default();
+        let mut nonce = nonces();
+        c.on_request(&request(|_| {})).unwrap();
+        let first = next(&Snapshot::default(), &[("a", "1"), ("b", "1")]);
+        c.responses(&first, &mut nonce);
+        ack(&mut c, "n1");
+        assert_eq!(c.types[T].synced, Some(first.generation));
+        assert!(c.responses(&first, &mut nonce).is_empty(), "up to date");
+
+        // The changes name only "b"; a full comparison would also find "a".
+        // Sending only "b" shows the changes were used, not a comparison.
+        let mut second = next(&first, &[("a", "1"), ("b", "2")]);
+        second.types.get_mut(T).unwrap().insert(
+            Arc::from("a"),
+            Arc::new(super::super::Resource::encode(T, &"3".to_string())),
+        );
+        let r = c.responses(&second, &mut nonce);
+        assert_eq!(names(&r[0]), ["b"]);
+        assert_eq!(c.types[T].synced, Some(second.generation));
+    }
+
+    #[test]
+    fn the_changes_path_and_the_full_comparison_send_the_same() {
+        let steps: [&[(&str, &str)]; 5] = [
+            &[("a", "1"), ("b", "1"), ("c", "1")],
+            &[("a", "1"), ("b", "2"), ("c", "1"), ("d", "1")],
+            &[("b", "2"), ("d", "2")],
+            &[("a", "9"), ("b", "2"), ("d", "2"), ("e", "1")],
+            &[],
+        ];
+        let subscriptions: [fn(&mut DeltaDiscoveryRequest); 2] = [
+            |_| {},
+            |r| r.resource_names_subscribe = vec!["b".into(), "d".into(), "zz".into()],
+        ];
+        for subscribe in subscriptions {
+            // `fast` gets snapshots carrying their changes; `full` gets the
+            // same content with none, so it always compares in full.
+            let (mut fast, mut full) = (ClientState::default(), ClientState::default());
+            let (mut fast_nonce, mut full_nonce) = (nonces(), nonces());
+            fast.on_request(&request(subscribe)).unwrap();
+            full.on_request(&request(subscribe)).unwrap();
+            let mut previous = Snapshot::default();
+            for (i, entries) in steps.iter().enumerate() {
+                let published = next(&previous, entries);
+                let unchanged = content(entries).published_now();
+                assert!(unchanged.changes.is_none());
+                let a = fast.responses(&published, &mut fast_nonce);
+                let b = full.responses(&unchanged, &mut full_nonce);
+                assert_eq!(a, b, "step {i}");
+                assert_eq!(fast.types[T].has, full.types[T].has, "step {i}");
+                for r in &a {
+                    ack(&mut fast, &r.nonce);
+                    ack(&mut full, &r.nonce);
+                }
+                previous = published;
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_further_behind_or_resubscribed_is_compared_in_full() {
+        let mut c = ClientState::default();
+        let mut nonce = nonces();
+        c.on_request(&request(|_| {})).unwrap();
+        let first = next(&Snapshot::default(), &[("a", "1")]);
+        c.responses(&first, &mut nonce);
+        // Two publications while the first response is in flight: the last
+        // one's changes lead from the second, which the client never had.
+        let second = next(&first, &[("a", "2")]);
+        let third = next(&second, &[("a", "2"), ("b", "1")]);
+        assert!(c.responses(&second, &mut nonce).is_empty());
+        ack(&mut c, "n1");
+        let r = c.responses(&third, &mut nonce);
+        assert_eq!(names(&r[0]), ["a", "b"]);
+        ack(&mut c, "n2");
+
+        // A subscription change forgets the generation: an explicit name is
+        // answered even though it does not exist.
+        c.on_request(&request(|r| {
+            r.resource_names_subscribe = vec!["missing".into()];
+        }))
+        .unwrap();
+        assert_eq!(c.types[T].synced, None);
+        let r = c.responses(&third, &mut nonce);
+        assert!(r[0].resources.is_empty());
+        assert_eq!(r[0].removed_resources, ["missing"]);
+    }
+
+    #[test]
+    fn a_reconnecting_client_holds_names_shared_with_the_snapshot() {
+        let snap = snapshot(&[("a", "1"), ("b", "1")]);
+        let version = snap.types[T]["a"].version.clone();
+        let mut c = ClientState::default();
+        c.on_request(&request(|r| {
+            r.initial_resource_versions = [
+                ("a".to_string(), version),
+                ("gone".to_string(), "x".to_string()),
+            ]
+            .into();
+        }))
+        .unwrap();
+        let r = c.responses(&snap, nonces());
+        assert_eq!(names(&r[0]), ["b"]);
+        assert_eq!(r[0].removed_resources, ["gone"]);
+        let has = &c.types[T].has;
+        assert_eq!(has.len(), 2);
+        for (name, resource) in &snap.types[T] {
+            let (held, _) = has.get_key_value(name).unwrap();
+            assert!(Arc::ptr_eq(held, name), "{name} is a copy");
+            assert_eq!(has[name], parse_version(&resource.version));
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::Resource;
+use super::{Resource, Resources};
 
 /// The name that turns wildcard on (subscribe) or off (unsubscribe).
 pub const WILDCARD: &str = "*";
@@ -57,10 +57,37 @@ impl Subscription {
     }
 }
 
+/// A version as a client holds it, compactly: the 64-bit digest that a
+/// version's 16 hex digits spell. `None` is a version this server could not
+/// have issued; it matches no resource.
+pub type HeldVersion = Option<u64>;
+
+/// The digest a version spells, if it is one of ours (exactly 16 lowercase
+/// hex digits, so equal digests mean equal version strings).
+pub fn parse_version(version: &str) -> HeldVersion {
+    let lowercase_hex = version.len() == 16
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !lowercase_hex {
+        return None;
+    }
+    u64::from_str_radix(version, 16).ok()
+}
+
+/// Whether a client holding `held` has `resource`'s version.
+pub fn holds(held: Option<&HeldVersion>, resource: &Resource) -> bool {
+    match held {
+        Some(Some(digest)) => parse_version(&resource.version) == Some(*digest),
+        _ => false,
+    }
+}
+
 /// The resources to send and the names to remove.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Delta {
-    pub resources: Vec<(String, Arc<Resource>)>,
+    /// Names are shared with the snapshot.
+    pub resources: Vec<(Arc<str>, Arc<Resource>)>,
     pub removed: Vec<String>,
 }
 
@@ -75,14 +102,14 @@ impl Delta {
 /// the server does not know, which has no resources).
 pub fn diff(
     subscription: &Subscription,
-    has: &BTreeMap<String, String>,
-    current: Option<&BTreeMap<String, Arc<Resource>>>,
+    has: &BTreeMap<Arc<str>, HeldVersion>,
+    current: Option<&Resources>,
 ) -> Delta {
-    let empty = BTreeMap::new();
+    let empty = Resources::new();
     let current = current.unwrap_or(&empty);
     let mut delta = Delta::default();
-    let mut add = |name: &String, resource: &Arc<Resource>| {
-        if has.get(name) != Some(&resource.version) {
+    let mut add = |name: &Arc<str>, resource: &Arc<Resource>| {
+        if !holds(has.get(name), resource) {
             delta.resources.push((name.clone(), resource.clone()));
         }
     };
@@ -92,7 +119,7 @@ pub fn diff(
         }
     } else {
         for name in &subscription.names {
-            if let Some(resource) = current.get(name) {
+            if let Some((name, resource)) = current.get_key_value(name.as_str()) {
                 add(name, resource);
             }
         }
@@ -100,7 +127,7 @@ pub fn diff(
     delta.removed = has
         .keys()
         .filter(|name| !(subscription.wants(name) && current.contains_key(*name)))
-        .cloned()
+        .map(|name| name.to_string())
         .collect();
     delta
 }
@@ -109,29 +136,47 @@ pub fn diff(
 mod tests {
     use super::*;
 
+    /// Short versions in the tests stand for 16-digit ones.
+    fn full(version: &str) -> String {
+        format!("{version:0>16}")
+    }
+
     fn resource(version: &str) -> Arc<Resource> {
         Arc::new(Resource {
-            version: version.into(),
+            version: full(version),
             body: prost_types::Any::default(),
         })
     }
 
-    fn current(entries: &[(&str, &str)]) -> BTreeMap<String, Arc<Resource>> {
+    fn current(entries: &[(&str, &str)]) -> Resources {
         entries
             .iter()
-            .map(|(n, v)| (n.to_string(), resource(v)))
+            .map(|(n, v)| (Arc::from(*n), resource(v)))
             .collect()
     }
 
-    fn has(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn has(entries: &[(&str, &str)]) -> BTreeMap<Arc<str>, HeldVersion> {
         entries
             .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .map(|(n, v)| (Arc::from(*n), parse_version(&full(v))))
             .collect()
     }
 
     fn names(delta: &Delta) -> Vec<&str> {
-        delta.resources.iter().map(|(n, _)| n.as_str()).collect()
+        delta.resources.iter().map(|(n, _)| &**n).collect()
+    }
+
+    #[test]
+    fn only_our_own_version_spelling_is_held_as_a_digest() {
+        assert_eq!(parse_version("e3b0c44298fc1c14"), Some(0xe3b0c44298fc1c14));
+        for foreign in ["E3B0C44298FC1C14", "e3b0c442", "", "x", "+3b0c44298fc1c14"] {
+            assert_eq!(parse_version(foreign), None, "{foreign:?}");
+        }
+        // A version we could not have issued matches nothing, so the
+        // resource is sent.
+        let cur = current(&[("a", "1")]);
+        let foreign: BTreeMap<Arc<str>, HeldVersion> = [(Arc::from("a"), None)].into();
+        assert_eq!(names(&diff(&wildcard(), &foreign, Some(&cur))), ["a"]);
     }
 
     fn wildcard() -> Subscription {

@@ -19,7 +19,7 @@ pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(100);
 /// once `debounce` has passed without another change, but never later than
 /// `max_delay` after the first change of the burst. A snapshot is sent only
 /// when its content differs from the last one, stamped with the instant of
-/// publication. Returns when the source is dropped (after building its last
+/// publication and carrying its changes since the last one. Returns when the source is dropped (after building its last
 /// state) or when `shutdown` starts draining.
 pub async fn publish<S>(
     mut source: watch::Receiver<S>,
@@ -58,12 +58,12 @@ pub async fn publish<S>(
 }
 
 fn send_if_changed(out: &watch::Sender<Arc<Snapshot>>, snapshot: Snapshot) {
-    out.send_if_modified(|current| {
-        if current.published_at.is_some() && current.same_content(&snapshot) {
-            return false;
+    out.send_if_modified(|current| match snapshot.published_after(current) {
+        Some(published) => {
+            *current = Arc::new(published);
+            true
         }
-        *current = Arc::new(snapshot.published_now());
-        true
+        None => false,
     });
 }
 
