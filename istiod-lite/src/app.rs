@@ -30,6 +30,7 @@ use crate::registry::kube::{ClientSource, KubeSource, KubeSourceOptions, build_c
 use crate::server::{self, ServingHandle};
 use crate::translate;
 use crate::xds::{self, Snapshot, XdsMetrics, XdsServer};
+use crate::xds_snapshot::SnapshotBuilder;
 
 /// Lifetime of the gRPC port's serving certificate; it is issued anew at
 /// every start, so it only has to outlive one run.
@@ -194,6 +195,9 @@ impl App {
                 }
             }));
         }
+        // Only the publish task builds, so the lock is never contended; it
+        // exists because `publish` takes a `Fn`.
+        let builder = std::sync::Mutex::new(SnapshotBuilder::new());
         tasks.push(tokio::spawn(xds::publish(
             registry.subscribe(),
             move |store: &Arc<Store>| {
@@ -207,7 +211,10 @@ impl App {
                     }
                     changed
                 });
-                snapshot_of(&translation)
+                builder
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .build(translation)
             },
             config.debounce,
             config.debounce_max,

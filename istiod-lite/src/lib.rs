@@ -13,3 +13,4 @@ pub mod registry;
 pub mod server;
 pub mod translate;
 pub mod xds;
+pub mod xds_snapshot;

@@ -19,12 +19,17 @@ mod rule;
 
 pub use rule::{RuleNote, convert_rules};
 
+/// A selector policy's key and its selector.
+type Selecting = (String, Labels);
+
 /// Translated policies and which selector policies apply to which pods.
 #[derive(Default)]
 pub struct Policies {
     pub authorizations: BTreeMap<String, Authorization>,
-    /// WORKLOAD_SELECTOR policies by (namespace, first selector key, value).
-    by_first_label: BTreeMap<(String, String, String), Vec<(String, Labels)>>,
+    /// WORKLOAD_SELECTOR policies by namespace, first selector key, value.
+    /// Nested so a pod's labels are looked up as `&str`, without building an
+    /// owned key per label and pod.
+    by_first_label: BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<Selecting>>>>,
     root_namespace: String,
 }
 
@@ -36,14 +41,17 @@ impl Policies {
         let Some(labels) = store.pods.get(pod).and_then(|p| p.metadata.labels.as_ref()) else {
             return keys;
         };
-        let mut namespaces = vec![pod.namespace.clone()];
-        if pod.namespace != self.root_namespace {
-            namespaces.push(self.root_namespace.clone());
-        }
-        for ns in namespaces {
+        let own = Some(pod.namespace.as_str());
+        let root = (pod.namespace != self.root_namespace).then_some(self.root_namespace.as_str());
+        for ns in own.into_iter().chain(root) {
+            let Some(by_key) = self.by_first_label.get(ns) else {
+                continue;
+            };
             for (k, v) in labels {
-                let index_key = (ns.clone(), k.clone(), v.clone());
-                for (key, selector) in self.by_first_label.get(&index_key).into_iter().flatten() {
+                let candidates = by_key
+                    .get(k.as_str())
+                    .and_then(|by_value| by_value.get(v.as_str()));
+                for (key, selector) in candidates.into_iter().flatten() {
                     if selects(selector, Some(labels)) {
                         keys.insert(key.clone());
                     }
@@ -79,7 +87,11 @@ pub fn translate_policies(
             && let Some((k, v)) = selector.iter().next()
         {
             out.by_first_label
-                .entry((key.namespace.clone(), k.clone(), v.clone()))
+                .entry(key.namespace.clone())
+                .or_default()
+                .entry(k.clone())
+                .or_default()
+                .entry(v.clone())
                 .or_default()
                 .push((key.to_string(), selector.clone()));
         }

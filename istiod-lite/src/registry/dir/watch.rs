@@ -22,7 +22,7 @@ use super::status::is_status_file;
 /// How long to gather events before re-reading: long enough that a save
 /// (truncate, write, close, or write-and-rename) is seen as one change, short
 /// enough to stay well inside the 200 ms from write to store.
-pub const DEBOUNCE: Duration = Duration::from_millis(30);
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// The running watcher. Dropping it stops the task too; `shutdown` also
 /// waits for it.
