@@ -51,7 +51,7 @@ impl SnapshotBuilder {
 /// Per resource name, the message last built and its encoding.
 #[derive(Debug)]
 struct Encoded<M> {
-    by_name: BTreeMap<String, (M, Arc<Resource>)>,
+    by_name: BTreeMap<Arc<str>, (M, Arc<Resource>)>,
 }
 
 impl<M> Default for Encoded<M> {
@@ -69,18 +69,26 @@ impl<M: prost::Message + PartialEq> Encoded<M> {
         &mut self,
         type_url: &str,
         current: BTreeMap<String, M>,
-    ) -> BTreeMap<String, Arc<Resource>> {
+    ) -> BTreeMap<Arc<str>, Arc<Resource>> {
         let mut previous = std::mem::take(&mut self.by_name);
         // Both maps iterate in name order, so collecting rebuilds them in bulk.
-        let kept: BTreeMap<String, (M, Arc<Resource>)> = current
+        // Names are kept as the same `Arc<str>` across builds, so clients'
+        // bookkeeping shares them too.
+        let kept: BTreeMap<Arc<str>, (M, Arc<Resource>)> = current
             .into_iter()
-            .map(|(name, message)| {
-                let resource = match previous.remove(&name) {
-                    Some((old, resource)) if old == message => resource,
-                    _ => Arc::new(Resource::encode(type_url, &message)),
-                };
-                (name, (message, resource))
-            })
+            .map(
+                |(name, message)| match previous.remove_entry(name.as_str()) {
+                    Some((key, (old, resource))) if old == message => (key, (message, resource)),
+                    Some((key, _)) => {
+                        let resource = Arc::new(Resource::encode(type_url, &message));
+                        (key, (message, resource))
+                    }
+                    None => {
+                        let resource = Arc::new(Resource::encode(type_url, &message));
+                        (Arc::from(name), (message, resource))
+                    }
+                },
+            )
             .collect();
         let resources = kept
             .iter()

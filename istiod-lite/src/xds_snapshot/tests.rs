@@ -107,7 +107,7 @@ fn unchanged_resources_are_shared_and_changed_ones_re_encoded() {
     let after = second.resources(mesh_api::ADDRESS_TYPE_URL).unwrap();
     for (name, resource) in after {
         let shared = Arc::ptr_eq(resource, &before[name]);
-        assert_eq!(shared, name != "uid-4", "{name}");
+        assert_eq!(shared, &**name != "uid-4", "{name}");
     }
     assert_ne!(after["uid-4"].version, before["uid-4"].version);
     let policies_before = first.resources(mesh_api::AUTHORIZATION_TYPE_URL).unwrap();
