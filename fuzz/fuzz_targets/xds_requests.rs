@@ -80,7 +80,7 @@ fuzz_target!(|input: &[u8]| {
             let held = snapshot.resources(&response.type_url);
             for r in &response.resources {
                 assert!(
-                    held.is_some_and(|h| h.contains_key(&r.name)),
+                    held.is_some_and(|h| h.contains_key(r.name.as_str())),
                     "sent {} which the snapshot does not hold",
                     r.name
                 );

@@ -508,6 +508,50 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}
     .collect()
 }
 
+/// Request sequences for `xds_requests`: each request a 2-byte big-endian
+/// length and a `DeltaDiscoveryRequest`; a nonce `#<type>` stands for the
+/// response in flight for that type.
+fn xds_requests_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
+    const AUTHZ: &str = "type.googleapis.com/istio.security.Authorization";
+    let field = |number: u8, value: &[u8]| {
+        let mut f = vec![(number << 3) | 2, value.len() as u8];
+        f.extend_from_slice(value);
+        f
+    };
+    let chunk = |parts: &[Vec<u8>]| {
+        let body: Vec<u8> = parts.concat();
+        let mut c = (body.len() as u16).to_be_bytes().to_vec();
+        c.extend(body);
+        c
+    };
+    let nonce = format!("#{AUTHZ}");
+    let status = field(2, b"no");
+    vec![
+        (
+            "wildcard-then-ack",
+            [
+                chunk(&[field(2, ADDRESS.as_bytes())]),
+                chunk(&[field(2, AUTHZ.as_bytes())]),
+                chunk(&[field(2, AUTHZ.as_bytes()), field(6, nonce.as_bytes())]),
+            ]
+            .concat(),
+        ),
+        (
+            "names-then-nack",
+            [
+                chunk(&[field(2, AUTHZ.as_bytes()), field(3, b"a/p1"), field(3, b"b/p9")]),
+                chunk(&[
+                    field(2, AUTHZ.as_bytes()),
+                    field(6, nonce.as_bytes()),
+                    field(7, &status),
+                ]),
+            ]
+            .concat(),
+        ),
+    ]
+}
+
 fn write(target: &str, seeds: Vec<(&'static str, Vec<u8>)>) {
     // `cargo run` knows the crate directory; a bare `rustc` build runs from fuzz/.
     let root = option_env!("CARGO_MANIFEST_DIR").unwrap_or(".");
@@ -525,4 +569,5 @@ fn main() {
     write("ztunnel_config", ztunnel_config_seeds());
     write("ca_request", ca_request_seeds());
     write("registry_yaml", registry_yaml_seeds());
+    write("xds_requests", xds_requests_seeds());
 }
