@@ -76,6 +76,21 @@ impl Registry {
     }
 }
 
+/// Now, as Kubernetes writes times in status conditions: RFC 3339, UTC,
+/// whole seconds. Both sources stamp `lastTransitionTime` with it.
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

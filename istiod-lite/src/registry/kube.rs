@@ -176,7 +176,7 @@ impl KubeSource {
             let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
             // Deleted objects need no memory of their status.
             written.retain(|object, _| snapshot.get(object).is_some());
-            status::plan(conditions, &written, &snapshot, &status::now_rfc3339())
+            status::plan(conditions, &written, &snapshot, &super::now_rfc3339())
         };
         let attempted = patches.len();
         let mut failures = Vec::new();

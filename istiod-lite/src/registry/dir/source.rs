@@ -15,7 +15,7 @@ use super::DirError;
 use super::index::FileIndex;
 use super::parse::{DocumentError, DocumentProblem, parse_file};
 use super::scan::{find_source_files, is_source_path};
-use super::status::{TransitionTimes, render_status, rfc3339_now, status_path};
+use super::status::{TransitionTimes, render_status, status_path};
 
 #[derive(Debug, Default)]
 struct State {
@@ -148,7 +148,9 @@ impl DirSource {
     /// Conditions of objects no file defines are ignored.
     pub fn write_status(&self, conditions: &[ObjectCondition]) -> Result<(), DirError> {
         let mut state = self.lock();
-        let timed = state.times.update(conditions, &rfc3339_now());
+        let timed = state
+            .times
+            .update(conditions, &crate::registry::now_rfc3339());
         let mut by_file: BTreeMap<PathBuf, Vec<(ObjectCondition, String)>> = BTreeMap::new();
         for (condition, since) in timed {
             match state.index.owner(&condition.object) {

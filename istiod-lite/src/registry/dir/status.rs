@@ -102,20 +102,6 @@ pub fn render_status(conditions: &[(ObjectCondition, String)]) -> String {
     text
 }
 
-/// RFC 3339 UTC time with second precision, as Kubernetes writes it.
-pub fn rfc3339_now() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,7 +162,7 @@ mod tests {
 
     #[test]
     fn now_is_rfc3339() {
-        let now = rfc3339_now();
+        let now = crate::registry::now_rfc3339();
         assert_eq!(now.len(), 20, "{now}");
         assert!(now.ends_with('Z') && now.as_bytes()[10] == b'T', "{now}");
     }

@@ -145,20 +145,6 @@ pub async fn write(client: &kube::Client, patch: &StatusPatch) -> Result<(), Sta
     })
 }
 
-/// Now, as Kubernetes writes times: RFC 3339, UTC, whole seconds.
-pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,7 +235,7 @@ mod tests {
 
     #[test]
     fn now_is_rfc3339_utc_seconds() {
-        let now = now_rfc3339();
+        let now = crate::registry::now_rfc3339();
         assert_eq!(now.len(), "2026-01-01T00:00:00Z".len(), "{now}");
         assert!(now.ends_with('Z'));
     }
