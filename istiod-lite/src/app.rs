@@ -27,10 +27,10 @@ use crate::model::{ObjectCondition, Store};
 use crate::registry::Registry;
 use crate::registry::dir::{DirSource, DirWatch};
 use crate::registry::kube::{ClientSource, KubeSource, KubeSourceOptions, build_client};
-use crate::server::{self, ServingHandle};
 use crate::translate;
 use crate::xds::{self, Snapshot, XdsMetrics, XdsServer};
 use crate::xds_snapshot::SnapshotBuilder;
+use mesh_core::control::server::{self, ServingHandle};
 
 /// Lifetime of the gRPC port's serving certificate; it is issued anew at
 /// every start, so it only has to outlive one run.

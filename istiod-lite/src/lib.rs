@@ -10,7 +10,6 @@ pub mod config;
 pub mod debug;
 pub mod model;
 pub mod registry;
-pub mod server;
 pub mod translate;
 pub mod xds;
 pub mod xds_snapshot;

@@ -13,10 +13,10 @@ use istiod_lite::auth::{AuthError, Authenticate, Caller, bearer_token};
 use istiod_lite::ca::{CaMetrics, CaPolicy, CaServer, RefusalReason};
 use istiod_lite::model::{Kind, Object};
 use istiod_lite::registry::{Change, Registry};
-use istiod_lite::server::{ServingHandle, serve_tls, tls_config};
 use mesh_api::istio::v1::auth::IstioCertificateRequest;
 use mesh_api::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use mesh_core::Identity;
+use mesh_core::control::server::{ServingHandle, serve_tls, tls_config};
 use mesh_core::control::{ControlPlane, TokenSource};
 use mesh_core::tls::{
     CertStore, CertificateAuthority, CertificateSource, IstioCaClient, LeafInfo, TlsError,

@@ -4,6 +4,8 @@
 //! DNS certificate, not a SPIFFE one), no client certificate, and on every call
 //! `authorization: Bearer <token>` and `clusterid` metadata.
 
+pub mod server;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

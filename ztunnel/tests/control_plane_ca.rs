@@ -3,9 +3,7 @@
 //! signs real CSRs), and its HBONE listener verifies peers with the roots
 //! that CA returned, not with the roots of the control plane's own TLS.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh_api::istio::v1::auth::istio_certificate_service_server::{
@@ -13,13 +11,12 @@ use mesh_api::istio::v1::auth::istio_certificate_service_server::{
 };
 use mesh_api::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
 use mesh_core::Identity;
+use mesh_core::control::server::{ServingHandle, serve_tls, tls_config};
 use mesh_core::telemetry::LogControl;
 use mesh_core::tls::{CertStore, CertificateAuthority, LocalCa, TrustBundle, VerifiedCsr};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
-use tokio_rustls::server::TlsStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 use ztunnel::{App, Config};
 
 const TOKEN: &str = "node-a-token";
@@ -80,75 +77,15 @@ impl IstioCertificateService for ScriptedCa {
     }
 }
 
-struct Tls(TlsStream<TcpStream>);
-
-impl Connected for Tls {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.0.get_ref().0.connect_info()
-    }
-}
-
-impl AsyncRead for Tls {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Tls {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-}
-
 /// Serves the scripted CA over TLS with a DNS certificate from `serving`.
-async fn serve(ca: ScriptedCa, serving: &CertificateAuthority) -> std::net::SocketAddr {
-    use rustls::pki_types::pem::PemObject;
+async fn serve(ca: ScriptedCa, serving: &CertificateAuthority) -> ServingHandle {
     let (chain, key) = serving
         .issue_server(&["istiod.test".to_string()], Duration::from_secs(3600))
         .unwrap();
-    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(mesh_core::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Tls, std::io::Error>>(8);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            if let Ok(tls) = acceptor.accept(tcp).await {
-                let _ = tx.send(Ok(Tls(tls))).await;
-            }
-        }
-    });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(IstioCertificateServiceServer::new(ca))
-            .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx)),
-    );
-    addr
+    let router =
+        tonic::transport::Server::builder().add_service(IstioCertificateServiceServer::new(ca));
+    serve_tls(listener, tls_config(&chain, &key).unwrap(), router).unwrap()
 }
 
 fn config(ca_addr: std::net::SocketAddr, serving_root: &std::path::Path) -> Config {
@@ -236,7 +173,8 @@ async fn certificates_and_peer_roots_come_from_the_control_plane_ca() {
         ca: mesh_root.clone(),
         seen: Arc::default(),
     };
-    let addr = serve(scripted.clone(), &serving_root).await;
+    let ca_server = serve(scripted.clone(), &serving_root).await;
+    let addr = ca_server.addr;
 
     let app = App::build(config(addr, &root_file), LogControl::detached())
         .await
@@ -276,7 +214,7 @@ async fn a_refusing_ca_fails_start_up_with_the_address_named() {
     let dir = tempfile::tempdir().unwrap();
     let root_file = dir.path().join("istiod-root.pem");
     std::fs::write(&root_file, serving_root.root_pem()).unwrap();
-    let addr = serve(
+    let ca_server = serve(
         ScriptedCa {
             ca: mesh_root,
             seen: Arc::default(),
@@ -284,6 +222,7 @@ async fn a_refusing_ca_fails_start_up_with_the_address_named() {
         &serving_root,
     )
     .await;
+    let addr = ca_server.addr;
     let mut config = config(addr, &root_file);
     config
         .proxy

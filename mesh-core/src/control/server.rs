@@ -1,7 +1,8 @@
-//! Serving gRPC over TLS on the control-plane port (15012): rustls accepts,
-//! tonic serves whatever services the router holds (the CA, xDS). Clients
-//! verify this server by DNS name; they present no certificate, their
-//! bearer token authenticates them.
+//! The server side of the control-plane connection: gRPC over TLS (port
+//! 15012), rustls accepting and tonic serving whatever services the router
+//! holds (the CA, xDS). Clients verify this server by DNS name; they present
+//! no certificate, their bearer token authenticates them. istiod-lite serves
+//! with it, and tests stand up control planes of their own with it.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -51,11 +52,11 @@ pub fn tls_config(chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, S
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| ServeError::Key(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(mesh_core::tls::provider())
+    let mut config = ServerConfig::builder_with_provider(crate::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![mesh_core::tls::ALPN_H2.to_vec()];
+    config.alpn_protocols = vec![crate::tls::ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }
 
