@@ -23,16 +23,21 @@ pub fn ztunnel_binary() -> PathBuf {
     if let Ok(p) = std::env::var("AMBIT_ZTUNNEL") {
         return PathBuf::from(p);
     }
+    workspace_binary("ztunnel")
+}
+
+/// A binary of the workspace, built next to this test.
+pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>/ztunnel
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let bin = exe
         .parent()
         .and_then(Path::parent)
-        .map(|d| d.join("ztunnel"))
+        .map(|d| d.join(name))
         .expect("target directory");
     assert!(
         bin.exists(),
-        "{} not found: build it first (cargo build -p ztunnel), or set AMBIT_ZTUNNEL",
+        "{} not found: build it first (cargo build -p {name})",
         bin.display()
     );
     bin
@@ -294,7 +299,8 @@ fn any(like: IpAddr) -> IpAddr {
     }
 }
 
-fn start_ztunnel(ns: &Netns, bin: &str, dir: &Path, side: &str) -> Result<ChildGuard> {
+/// Starts ztunnel in `ns` with `<dir>/<side>.yaml`, logging to `<dir>/<side>.log`.
+pub fn start_ztunnel(ns: &Netns, bin: &str, dir: &Path, side: &str) -> Result<ChildGuard> {
     let cfg = dir.join(format!("{side}.yaml"));
     let log = dir.join(format!("{side}.log"));
     ns.spawn_with(

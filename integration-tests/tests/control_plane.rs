@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use integration_tests::{ECHO_PORT, expect_refused, http_get, metric};
+use integration_tests::{ECHO_PORT, expect_refused, http_get, metric, start_ztunnel};
 use mesh_core::Identity;
 use mesh_core::control::{ControlPlane, TokenSource};
 use mesh_core::tls::{CertificateSource, IstioCaClient};
@@ -36,17 +36,6 @@ struct ControlMesh {
     client_ztunnel: ChildGuard,
     server_ztunnel: ChildGuard,
     _echo: EchoServer,
-}
-
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join(name))
-        .expect("target directory");
-    assert!(bin.exists(), "{} not found: build it first", bin.display());
-    bin
 }
 
 impl ControlMesh {
@@ -187,7 +176,7 @@ impl ControlMesh {
                 &format!("https://127.0.0.1:{GRPC_PORT}"),
             ),
         )?;
-        let bin = binary("ztunnel");
+        let bin = integration_tests::ztunnel_binary();
         let bin = bin.to_str().context("path")?;
         let server_ztunnel = start_ztunnel(&hosts.server, bin, dir.path(), "server")?;
         let client_ztunnel = start_ztunnel(&hosts.client, bin, dir.path(), "client")?;
@@ -311,7 +300,7 @@ fn serde_yaml_tokens(path: &Path) -> Result<BTreeMap<String, String>> {
 }
 
 fn start_istiod(ns: &Netns, dir: &Path) -> Result<ChildGuard> {
-    let bin = binary("istiod-lite");
+    let bin = integration_tests::workspace_binary("istiod-lite");
     let resources = dir.join("resources");
     let state = dir.join("state");
     ns.spawn_with(
@@ -347,16 +336,6 @@ async fn wait_istiod_ready(ns: &Netns, istiod: &ChildGuard, dir: &Path) -> Resul
         Ok(())
     })
     .await
-}
-
-fn start_ztunnel(ns: &Netns, bin: &str, dir: &Path, side: &str) -> Result<ChildGuard> {
-    let cfg = dir.join(format!("{side}.yaml"));
-    ns.spawn_with(
-        bin,
-        &["--config", cfg.to_str().context("path")?],
-        &[("RUST_LOG", "info")],
-        Some(&dir.join(format!("{side}.log"))),
-    )
 }
 
 /// Waits for `check` and returns how long it took; fails past `PROPAGATION`
