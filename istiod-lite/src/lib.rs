@@ -8,8 +8,11 @@ pub mod auth;
 pub mod ca;
 pub mod config;
 pub mod debug;
-pub mod model;
-pub mod registry;
 pub mod translate;
 pub mod xds;
 pub mod xds_snapshot;
+
+// The registry is shared with the node agent; istiod-lite's modules keep
+// their `crate::model` and `crate::registry` paths.
+pub use mesh_registry as registry;
+pub use mesh_registry::model;

@@ -10,9 +10,11 @@ pub mod drain;
 pub mod duration;
 pub mod hbone;
 pub mod identity;
+pub mod netns;
 pub mod readiness;
 pub mod telemetry;
 pub mod tls;
 pub mod xds;
+pub mod zds;
 
 pub use identity::Identity;

@@ -22,6 +22,7 @@
 
 pub mod echo;
 pub mod eventually;
+pub mod fake_apiserver;
 mod names;
 pub mod netns;
 pub mod process;

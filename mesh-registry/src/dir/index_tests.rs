@@ -1,5 +1,5 @@
 use super::*;
-use crate::registry::dir::parse::parse_file;
+use crate::dir::parse::parse_file;
 
 fn namespace(name: &str, label: &str) -> String {
     format!(

@@ -1,9 +1,12 @@
-//! The registry: the current `Store`, shared by the sources that fill it and the
-//! translation that reads it. Readers get immutable snapshots; a change bumps a
-//! watch channel so consumers (translation, CA) wake up.
+//! The registry: one typed `Store` of the watched Kubernetes kinds, shared by
+//! the sources that fill it (a watched directory of YAML, or the Kubernetes
+//! API) and the components that read it (istiod-lite's translation and CA, the
+//! node agent's enrolment). Readers get immutable snapshots; a change bumps a
+//! watch channel so consumers wake up.
 
 pub mod dir;
 pub mod kube;
+pub mod model;
 
 use std::sync::Arc;
 

@@ -1,22 +1,20 @@
 //! The Kubernetes source against an in-process API server speaking the real
 //! list/watch protocol, through kube-rs's own client.
 
-mod support;
-
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, ensure};
-use istiod_lite::model::{Kind, NamespacedName, Object, ObjectCondition, ObjectKey};
-use istiod_lite::registry::Registry;
-use istiod_lite::registry::kube::metrics::FailureLabels;
-use istiod_lite::registry::kube::resources::api_resource;
-use istiod_lite::registry::kube::{
+use mesh_core::readiness::Readiness;
+use mesh_registry::Registry;
+use mesh_registry::kube::metrics::FailureLabels;
+use mesh_registry::kube::resources::api_resource;
+use mesh_registry::kube::{
     BackoffPolicy, KubeSource, KubeSourceError, KubeSourceOptions, client_from_config,
 };
-use mesh_core::readiness::Readiness;
+use mesh_registry::model::{Kind, NamespacedName, Object, ObjectCondition, ObjectKey};
 use mesh_testkit::eventually::eventually;
+use mesh_testkit::fake_apiserver::{FakeApiServer, ResourceType};
 use serde_json::{Value, json};
-use support::fake_apiserver::{FakeApiServer, ResourceType};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 

@@ -7,8 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 use kube::runtime::watcher;
 
+use crate::Change;
 use crate::model::{Kind, NamespacedName, Object, ObjectKey, Store};
-use crate::registry::Change;
 
 use super::resources::names_of_kind;
 

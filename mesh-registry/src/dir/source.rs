@@ -8,8 +8,8 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::Registry;
 use crate::model::ObjectCondition;
-use crate::registry::Registry;
 
 use super::DirError;
 use super::index::FileIndex;
@@ -99,7 +99,7 @@ impl DirSource {
         drop(state);
     }
 
-    fn reread(&self, index: &mut FileIndex, file: &Path) -> Vec<crate::registry::Change> {
+    fn reread(&self, index: &mut FileIndex, file: &Path) -> Vec<crate::Change> {
         let is_file = fs::metadata(file).map(|m| m.is_file());
         if !is_source_path(&self.root, file) || matches!(is_file, Ok(false)) {
             return index.remove_file(file);
@@ -121,12 +121,7 @@ impl DirSource {
         index.update_file(file, parsed)
     }
 
-    fn unreadable(
-        &self,
-        index: &mut FileIndex,
-        file: &Path,
-        reason: String,
-    ) -> Vec<crate::registry::Change> {
+    fn unreadable(&self, index: &mut FileIndex, file: &Path, reason: String) -> Vec<crate::Change> {
         let error = DocumentError {
             file: file.to_path_buf(),
             line: 1,
@@ -148,9 +143,7 @@ impl DirSource {
     /// Conditions of objects no file defines are ignored.
     pub fn write_status(&self, conditions: &[ObjectCondition]) -> Result<(), DirError> {
         let mut state = self.lock();
-        let timed = state
-            .times
-            .update(conditions, &crate::registry::now_rfc3339());
+        let timed = state.times.update(conditions, &crate::now_rfc3339());
         let mut by_file: BTreeMap<PathBuf, Vec<(ObjectCondition, String)>> = BTreeMap::new();
         for (condition, since) in timed {
             match state.index.owner(&condition.object) {

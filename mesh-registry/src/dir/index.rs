@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::Change;
 use crate::model::{Object, ObjectKey};
-use crate::registry::Change;
 
 use super::parse::{DocumentError, ParsedFile};
 

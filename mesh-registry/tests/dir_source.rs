@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use istiod_lite::model::{Kind, NamespacedName, ObjectCondition, ObjectKey, Store};
-use istiod_lite::registry::Registry;
-use istiod_lite::registry::dir::{DirError, DirSource, DirWatch};
+use mesh_registry::Registry;
+use mesh_registry::dir::{DirError, DirSource, DirWatch};
+use mesh_registry::model::{Kind, NamespacedName, ObjectCondition, ObjectKey, Store};
 use tokio::time::Instant;
 
 /// The promise to users: a saved file is in the store within this.

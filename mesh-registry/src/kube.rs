@@ -28,8 +28,8 @@ use mesh_core::readiness::{BlockReady, Readiness};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::Registry;
 use crate::model::{Kind, ObjectCondition, ObjectKey};
-use crate::registry::Registry;
 
 pub use backoff::BackoffPolicy;
 pub use client::{ClientError, ClientSource, build_client, client_from_config};

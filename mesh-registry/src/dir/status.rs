@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn now_is_rfc3339() {
-        let now = crate::registry::now_rfc3339();
+        let now = crate::now_rfc3339();
         assert_eq!(now.len(), 20, "{now}");
         assert!(now.ends_with('Z') && now.as_bytes()[10] == b'T', "{now}");
     }

@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn now_is_rfc3339_utc_seconds() {
-        let now = crate::registry::now_rfc3339();
+        let now = crate::now_rfc3339();
         assert_eq!(now.len(), "2026-01-01T00:00:00Z".len(), "{now}");
         assert!(now.ends_with('Z'));
     }
