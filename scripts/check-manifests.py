@@ -17,7 +17,10 @@ Then, unless --no-self-test, the same checks run on copies of manifests/ with
 one deliberate mistake each; every copy must fail with the expected message,
 so a check that has stopped catching anything is noticed.
 
-Usage: scripts/check-manifests.py [--no-self-test] [MANIFESTS_DIR]
+With --ztunnel BIN, ztunnel's config file from the ConfigMap is also given to
+`BIN --check` (the binary's own validation) and must be accepted.
+
+Usage: scripts/check-manifests.py [--no-self-test] [--ztunnel BIN] [MANIFESTS_DIR]
 """
 
 import argparse
@@ -443,6 +446,29 @@ def check_tree(root, only=None):
     return errors
 
 
+def check_ztunnel_config(root, binary):
+    """ztunnel's own validation of the config file of every kustomization."""
+    errors = []
+    for target in kustomizations(root):
+        label = target.relative_to(root)
+        try:
+            config_map = find(render(target), "ConfigMap", "ztunnel-config")
+        except RenderError as e:
+            errors.append(f"{label}: {e}")
+            continue
+        if config_map is None:
+            errors.append(f"{label}: no ConfigMap ztunnel-config")
+            continue
+        with tempfile.TemporaryDirectory(prefix="ztunnel-config-") as tmp:
+            path = pathlib.Path(tmp) / "config.yaml"
+            path.write_text(config_map["data"]["config.yaml"])
+            result = subprocess.run([binary, "--config", str(path), "--check"],
+                                    capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                errors.append(f"{label}: {binary} --check refused the config: {(result.stderr or result.stdout).strip()}")
+    return errors
+
+
 # ---------------------------------------------------------------- self-test
 
 # (what it breaks, file, text to replace (must occur exactly once), replacement,
@@ -512,8 +538,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", nargs="?", default=str(pathlib.Path(__file__).resolve().parent.parent / "manifests"))
     parser.add_argument("--no-self-test", action="store_true")
+    parser.add_argument("--ztunnel", metavar="BIN", help="also run BIN --check on ztunnel's config")
     args = parser.parse_args()
     root = pathlib.Path(args.root).resolve()
+    if args.ztunnel:
+        errors = check_ztunnel_config(root, args.ztunnel)
+        if errors:
+            print("ztunnel config: FAILED", file=sys.stderr)
+            for e in errors:
+                print(f"  {e}", file=sys.stderr)
+            return 1
+        print(f"ztunnel config: accepted by {args.ztunnel} --check")
 
     print(f"rendering with `{' '.join(renderer())}`, validating against Kubernetes {', '.join(K8S_VERSIONS)}")
     errors = check_tree(root)
