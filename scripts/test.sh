@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "the tests create network namespaces: run as root" >&2; exit 1; }
 scripts/install-deps.sh
+scripts/check-manifests.py  # manifests/: rendered, schema-validated and cross-checked offline
 cargo build --workspace --bins
 cargo test --workspace
 echo "== HBONE conformance (../shared/conformance/hbone) =="
