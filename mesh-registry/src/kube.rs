@@ -264,6 +264,13 @@ async fn watch_kind(mut task: KindWatch) {
                 let failure = WatchFailure::of(&err);
                 task.metrics.failed(kind, failure);
                 log_failure(kind, failure, &err, &mut failures);
+                if failure == WatchFailure::NotInstalled {
+                    // A kind the server does not serve has no objects: readiness
+                    // must not wait for a CRD that may never be installed. The
+                    // watch keeps retrying and lists it if it appears.
+                    task.not_ready = None;
+                    task.synced.send_if_modified(|synced| synced.insert(kind));
+                }
                 continue;
             }
         };
