@@ -11,8 +11,10 @@ pub mod app;
 pub mod authz;
 pub mod capture;
 pub mod config;
+pub mod inpod;
 pub mod metrics;
 pub mod proxy;
+pub mod sockets;
 pub mod state;
 pub mod xds;
 

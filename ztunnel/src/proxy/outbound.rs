@@ -29,7 +29,7 @@ pub async fn handle(
         }
     };
     let Some(source) = proxy.local_workload() else {
-        tracing::warn!(%peer, %dst, workload = ?proxy.local, "the local workload is not in the config; refusing");
+        tracing::warn!(%peer, %dst, workload = ?proxy.local.name, "the local workload is not in the config; refusing");
         hbone::copy::reset_tcp(&downstream);
         return;
     };
@@ -99,7 +99,11 @@ pub async fn handle(
             }
         }
         Plan::Direct { target, .. } | Plan::Passthrough { target, .. } => {
-            match capture::connect(target, proxy.mark, proxy.connect_timeout).await {
+            match proxy
+                .sockets
+                .connect(target, None, proxy.connect_timeout)
+                .await
+            {
                 Ok(mut upstream) => {
                     let t = super::plain::splice(&mut downstream, &mut upstream, &drain).await;
                     (t.b_to_a, t.a_to_b, format!("{:?}", t.end), labels)
