@@ -1,0 +1,283 @@
+//! ztunnel in in-pod mode, in-process, against a test-side node agent: pods
+//! are real network namespaces carrying the node agent's redirection rules
+//! (spec 6.1), the agent hands them over ZDS with their netns descriptors, and
+//! apps in the pods talk through the listeners ztunnel opened inside them.
+
+#[path = "inpod/support.rs"]
+mod support;
+
+use std::path::Path;
+
+use anyhow::{Result, ensure};
+use mesh_api::istio::workload::zds::{AddWorkload, ZdsHello, workload_request::Payload};
+use mesh_testkit::{eventually, require_root};
+use support::*;
+
+/// Pods A and B on one link (10.77.1.0/24), C and B on another (10.77.2.0/24),
+/// all enrolled. Only B and C are in the mesh model: A is a brand-new pod the
+/// control plane does not know yet.
+fn three_pods(dir: &Path) -> Result<(Pod, Pod, Pod)> {
+    let (mut a, mut b, mut c) = (Pod::new("a")?, Pod::new("b")?, Pod::new("c")?);
+    link(&mut a, &mut b, "10.77.1")?;
+    link(&mut c, &mut b, "10.77.2")?;
+    for p in [&a, &b, &c] {
+        p.enrol(dir)?;
+    }
+    Ok((a, b, c))
+}
+
+async fn until_ready(zt: &Ztunnel) -> Result<()> {
+    eventually("ztunnel ready", PATIENCE, || async {
+        let (code, body) = zt.ready().await?;
+        ensure!(code == 200, "{code} {body}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn pods_talk_over_hbone_from_the_snapshot_and_a_deleted_pod_goes_alone() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let (a, b, c) = three_pods(dir.path())?;
+    let app_b = EchoApp::start(&b)?;
+    let agent = NodeAgent::bind(dir.path().join("zds.sock"))?;
+    let workloads = format!("{}\n{}", workload_yaml(&b), workload_yaml(&c));
+    let zt = Ztunnel::start(config(dir.path(), &agent.path, &workloads)?).await?;
+    let conn = agent.accept().await?;
+
+    let (code, body) = zt.ready().await?;
+    ensure!(
+        code == 500 && body.contains("ZDS snapshot"),
+        "{code} {body}"
+    );
+    conn.snapshot(&[&a, &b, &c]).await?;
+    until_ready(&zt).await?;
+
+    // A's first connection: captured in A, HBONE from A's netns to B's 15008,
+    // delivered to B's app from A's own address.
+    let mut ab = a.connect(b.ips[0]).await?;
+    roundtrip(&mut ab, b"from a").await?;
+    ensure!(
+        app_b.caller_ips().contains(&a.ips[0]),
+        "B's app saw {:?}, not A's address",
+        app_b.caller_ips()
+    );
+    let metrics = zt.metrics().await?;
+    let src = format!("source_principal=\"{}\"", a.identity());
+    let dst = format!("destination_principal=\"{}\"", b.identity());
+    for reporter in ["reporter=\"source\"", "reporter=\"destination\""] {
+        ensure!(
+            opened_with(
+                &metrics,
+                &[
+                    reporter,
+                    &src,
+                    &dst,
+                    "connection_security_policy=\"mutual_tls\""
+                ]
+            ),
+            "no mTLS {reporter} line from A to B in\n{metrics}"
+        );
+    }
+    ensure!(metrics.contains("workload_manager_active_proxy_count 3"));
+    ensure!(metrics.contains("ambit_zds_connected 1"));
+    let mut cb = c.connect(b.ips[1]).await?;
+    roundtrip(&mut cb, b"from c").await?;
+
+    let dump = zt.config_dump().await?;
+    let pods = dump["workloadState"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(pods.len() == 3, "{pods:?}");
+    ensure!(
+        pods.iter().any(|p| p["uid"] == a.uid.as_str()
+            && p["state"] == "Up"
+            && p["identity"] == a.identity().as_str()
+            && p["netns"].as_str().is_some_and(|n| n.starts_with("net:["))),
+        "{pods:?}"
+    );
+
+    // Deleting A closes A's connections and listeners at once...
+    ensure!(conn.del(&a.uid).await?.is_empty());
+    closed(&mut ab).await?;
+    ensure!(
+        a.connect(b.ips[0]).await.is_err(),
+        "A's outbound listener still accepts"
+    );
+    // ...and leaves B and C alone.
+    roundtrip(&mut cb, b"still here").await?;
+    let mut cb2 = c.connect(b.ips[1]).await?;
+    roundtrip(&mut cb2, b"and new").await?;
+    let pods = zt.config_dump().await?["workloadState"].clone();
+    ensure!(pods.as_array().map(Vec::len) == Some(2), "{pods}");
+    ensure!(
+        zt.metrics()
+            .await?
+            .contains("workload_manager_active_proxy_count 2")
+    );
+
+    drop((cb, cb2));
+    zt.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_ztunnel_serves_the_pods_again_from_the_snapshot() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let (mut a, mut b) = (Pod::new("a")?, Pod::new("b")?);
+    link(&mut a, &mut b, "10.77.1")?;
+    a.enrol(dir.path())?;
+    b.enrol(dir.path())?;
+    let _app_b = EchoApp::start(&b)?;
+    let agent = NodeAgent::bind(dir.path().join("zds.sock"))?;
+    let workloads = format!("{}\n{}", workload_yaml(&a), workload_yaml(&b));
+    let config = config(dir.path(), &agent.path, &workloads)?;
+
+    let first = Ztunnel::start(config.clone()).await?;
+    agent.accept().await?.snapshot(&[&a, &b]).await?;
+    roundtrip(&mut a.connect(b.ips[0]).await?, b"one").await?;
+    first.stop().await?;
+    // Nothing listens in the pods now: the captured connect is refused.
+    ensure!(a.connect(b.ips[0]).await.is_err());
+
+    let second = Ztunnel::start(config).await?;
+    let conn = agent.accept().await?;
+    conn.snapshot(&[&a, &b]).await?;
+    until_ready(&second).await?;
+    roundtrip(&mut a.connect(b.ips[0]).await?, b"two").await?;
+    second.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_ztunnel_binds_the_same_pod_ports_while_the_first_serves() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let (mut a, mut b) = (Pod::new("a")?, Pod::new("b")?);
+    link(&mut a, &mut b, "10.77.1")?;
+    a.enrol(dir.path())?;
+    b.enrol(dir.path())?;
+    let _app_b = EchoApp::start(&b)?;
+    let workloads = format!("{}\n{}", workload_yaml(&a), workload_yaml(&b));
+    let old_agent = NodeAgent::bind(dir.path().join("old.sock"))?;
+    let new_agent = NodeAgent::bind(dir.path().join("new.sock"))?;
+
+    let old = Ztunnel::start(config(dir.path(), &old_agent.path, &workloads)?).await?;
+    let _old_conn = old_agent.accept().await?;
+    _old_conn.snapshot(&[&a, &b]).await?;
+    let mut long_lived = a.connect(b.ips[0]).await?;
+    roundtrip(&mut long_lived, b"before").await?;
+
+    // The new ztunnel binds the same ports in the same pods (an ACK means bound).
+    let new = Ztunnel::start(config(dir.path(), &new_agent.path, &workloads)?).await?;
+    let new_conn = new_agent.accept().await?;
+    new_conn.snapshot(&[&a, &b]).await?;
+    until_ready(&new).await?;
+    for i in 0..4 {
+        roundtrip(
+            &mut a.connect(b.ips[0]).await?,
+            format!("both {i}").as_bytes(),
+        )
+        .await?;
+    }
+
+    // The old one leaves; new connections go to the new one.
+    old.stop().await?;
+    for i in 0..4 {
+        roundtrip(
+            &mut a.connect(b.ips[0]).await?,
+            format!("after {i}").as_bytes(),
+        )
+        .await?;
+    }
+    let metrics = new.metrics().await?;
+    ensure!(
+        opened_with(
+            &metrics,
+            &[
+                "reporter=\"destination\"",
+                &format!("source_principal=\"{}\"", a.identity())
+            ]
+        ),
+        "the new ztunnel carried nothing:\n{metrics}"
+    );
+    new.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn protocol_violations_are_nacked_and_end_ztunnel_with_a_failure() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let own_netns = Path::new("/proc/self/ns/net");
+    let no_info = || {
+        Payload::Add(AddWorkload {
+            uid: "uid-x".into(),
+            workload_info: None,
+        })
+    };
+    for (case, snapshot_first, payload, expected) in [
+        (
+            "keep after SnapshotSent",
+            true,
+            Payload::Keep(Default::default()),
+            "after SnapshotSent",
+        ),
+        (
+            "second SnapshotSent",
+            true,
+            Payload::SnapshotSent(Default::default()),
+            "second SnapshotSent",
+        ),
+        (
+            "add without workload_info",
+            false,
+            no_info(),
+            "without workload_info",
+        ),
+    ] {
+        let agent = NodeAgent::bind(dir.path().join("zds.sock"))?;
+        let zt = Ztunnel::start(config(dir.path(), &agent.path, "")?).await?;
+        let conn = agent.accept().await?;
+        if snapshot_first {
+            conn.snapshot(&[]).await?;
+        }
+        let netns = matches!(payload, Payload::Add(_)).then_some(own_netns);
+        let nack = conn.request(payload, netns).await?;
+        ensure!(nack.contains(expected), "{case}: NACK {nack:?}");
+        tokio::time::timeout(PATIENCE, zt.running).await??;
+        let failure = zt.shutdown.failure().unwrap_or_default();
+        ensure!(
+            failure.contains("ZDS protocol violation"),
+            "{case}: {failure:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreadable_message_is_nacked_and_ztunnel_reconnects() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let agent = NodeAgent::bind(dir.path().join("zds.sock"))?;
+    let zt = Ztunnel::start(config(dir.path(), &agent.path, "")?).await?;
+    let conn = agent.accept().await?;
+    // A hello is no WorkloadRequest: field 1 does not decode as AddWorkload.
+    conn.socket.send(&ZdsHello { version: 7 }, None).await?;
+    let nack = conn.ack().await?;
+    ensure!(!nack.is_empty(), "garbage was ACKed");
+    let again = agent.accept().await?;
+    // A pod whose netns is not known yet is kept during the snapshot.
+    ensure!(again.keep("uid-later").await?.is_empty());
+    again.snapshot(&[]).await?;
+    until_ready(&zt).await?;
+    ensure!(zt.shutdown.failure().is_none());
+    zt.stop().await?;
+    Ok(())
+}
