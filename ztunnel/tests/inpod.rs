@@ -10,6 +10,7 @@ use std::path::Path;
 
 use anyhow::{Result, ensure};
 use mesh_api::istio::workload::zds::{AddWorkload, ZdsHello, workload_request::Payload};
+use mesh_core::drain::DrainOutcome;
 use mesh_testkit::{eventually, require_root};
 use support::*;
 
@@ -139,9 +140,12 @@ async fn a_restarted_ztunnel_serves_the_pods_again_from_the_snapshot() -> Result
     let config = config(dir.path(), &agent.path, &workloads)?;
 
     let first = Ztunnel::start(config.clone()).await?;
-    agent.accept().await?.snapshot(&[&a, &b]).await?;
+    // Held until the first ztunnel is gone, so it does not reconnect.
+    let first_conn = agent.accept().await?;
+    first_conn.snapshot(&[&a, &b]).await?;
     roundtrip(&mut a.connect(b.ips[0]).await?, b"one").await?;
     first.stop().await?;
+    drop(first_conn);
     // Nothing listens in the pods now: the captured connect is refused.
     ensure!(a.connect(b.ips[0]).await.is_err());
 
@@ -169,8 +173,8 @@ async fn a_second_ztunnel_binds_the_same_pod_ports_while_the_first_serves() -> R
     let new_agent = NodeAgent::bind(dir.path().join("new.sock"))?;
 
     let old = Ztunnel::start(config(dir.path(), &old_agent.path, &workloads)?).await?;
-    let _old_conn = old_agent.accept().await?;
-    _old_conn.snapshot(&[&a, &b]).await?;
+    let old_conn = old_agent.accept().await?;
+    old_conn.snapshot(&[&a, &b]).await?;
     let mut long_lived = a.connect(b.ips[0]).await?;
     roundtrip(&mut long_lived, b"before").await?;
 
@@ -187,8 +191,10 @@ async fn a_second_ztunnel_binds_the_same_pod_ports_while_the_first_serves() -> R
         .await?;
     }
 
-    // The old one leaves; new connections go to the new one.
-    old.stop().await?;
+    // The old one leaves: its connections end with its drain deadline, new
+    // connections go to the new one.
+    ensure!(old.stop().await? == DrainOutcome::Forced);
+    closed(&mut long_lived).await?;
     for i in 0..4 {
         roundtrip(
             &mut a.connect(b.ips[0]).await?,
@@ -278,6 +284,76 @@ async fn an_unreadable_message_is_nacked_and_ztunnel_reconnects() -> Result<()> 
     again.snapshot(&[]).await?;
     until_ready(&zt).await?;
     ensure!(zt.shutdown.failure().is_none());
+    zt.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pods_outlive_a_lost_connection_and_the_next_snapshot_reconciles() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let (mut a, mut b) = (Pod::new("a")?, Pod::new("b")?);
+    link(&mut a, &mut b, "10.77.1")?;
+    a.enrol(dir.path())?;
+    b.enrol(dir.path())?;
+    let _app_b = EchoApp::start(&b)?;
+    let agent = NodeAgent::bind(dir.path().join("zds.sock"))?;
+    let workloads = format!("{}\n{}", workload_yaml(&a), workload_yaml(&b));
+    let zt = Ztunnel::start(config(dir.path(), &agent.path, &workloads)?).await?;
+    agent.accept().await?.snapshot(&[&a, &b]).await?;
+    let mut ab = a.connect(b.ips[0]).await?;
+    roundtrip(&mut ab, b"before").await?;
+
+    // The node agent restarts (the first connection was dropped above):
+    // ztunnel reconnects, and the pods serve on meanwhile.
+    let conn = agent.accept().await?;
+    roundtrip(&mut ab, b"while reconnecting").await?;
+    // The new snapshot no longer names B: B's proxy is drained at once.
+    ensure!(conn.add(&a).await?.is_empty(), "same netns: a no-op ACK");
+    ensure!(conn.snapshot_sent().await?.is_empty());
+    closed(&mut ab).await?;
+    let pods = zt.config_dump().await?["workloadState"].clone();
+    ensure!(
+        pods.as_array().map(|p| p.len()) == Some(1) && pods[0]["uid"] == a.uid.as_str(),
+        "{pods}"
+    );
+    // A still serves; B's HBONE port is gone, so A's new connection fails.
+    let mut again = a.connect(b.ips[0]).await?;
+    closed(&mut again).await?;
+    zt.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_start_is_nacked_kept_pending_and_retried() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let a = Pod::new("a")?;
+    // Something else holds A's outbound port (without SO_REUSEPORT).
+    let blocker = a.ns.run(|| std::net::TcpListener::bind("[::]:15001"))?;
+    let agent = NodeAgent::bind(dir.path().join("zds.sock"))?;
+    let zt = Ztunnel::start(config(dir.path(), &agent.path, "")?).await?;
+    let conn = agent.accept().await?;
+    let nack = conn.add(&a).await?;
+    ensure!(
+        nack.contains("default/a") && nack.contains("outbound listener on port 15001"),
+        "{nack:?}"
+    );
+    ensure!(conn.snapshot_sent().await?.is_empty());
+    let (code, body) = zt.ready().await?;
+    ensure!(
+        code == 500 && body.contains("pods pending"),
+        "{code} {body}"
+    );
+    let pods = zt.config_dump().await?["workloadState"].clone();
+    ensure!(pods[0]["state"] == "Pending", "{pods}");
+
+    drop(blocker);
+    until_ready(&zt).await?;
+    let pods = zt.config_dump().await?["workloadState"].clone();
+    ensure!(pods[0]["state"] == "Up", "{pods}");
     zt.stop().await?;
     Ok(())
 }

@@ -16,6 +16,9 @@ use super::pod::{self, PodContext, RunningPod};
 /// How often pods whose proxy failed to start are tried again (spec 5).
 pub const RETRY_PENDING: Duration = Duration::from_secs(5);
 
+const NOT_SYNCED: &str = "ZDS snapshot";
+const PODS_PENDING: &str = "pods pending";
+
 /// One served pod as `/config_dump` shows it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -55,8 +58,9 @@ pub struct Pods {
     pending: HashMap<String, PendingPod>,
     view: PodsView,
     readiness: Readiness,
-    /// Held while not ready: before the first snapshot, or with pods pending.
-    block: Option<BlockReady>,
+    /// Held while not ready: before the first snapshot, or with pods pending;
+    /// with the reason it was registered under.
+    block: Option<(BlockReady, &'static str)>,
     synced: bool,
     /// Drains of removed pods, still closing their connections.
     stopping: tokio::task::JoinSet<()>,
@@ -64,7 +68,7 @@ pub struct Pods {
 
 impl Pods {
     pub fn new(ctx: Arc<PodContext>, readiness: Readiness) -> Self {
-        let block = Some(readiness.register("ZDS snapshot"));
+        let block = Some((readiness.register(NOT_SYNCED), NOT_SYNCED));
         Pods {
             ctx,
             running: HashMap::new(),
@@ -196,11 +200,15 @@ impl Pods {
         let m = &self.ctx.metrics;
         m.pods_active.set(self.running.len() as i64);
         m.pods_pending.set(self.pending.len() as i64);
-        let ready = self.synced && self.pending.is_empty();
-        match (&self.block, ready) {
-            (Some(_), true) => self.block = None,
-            (None, false) => self.block = Some(self.readiness.register("pods pending")),
-            _ => {}
+        let reason = if !self.synced {
+            Some(NOT_SYNCED)
+        } else if !self.pending.is_empty() {
+            Some(PODS_PENDING)
+        } else {
+            None
+        };
+        if self.block.as_ref().map(|(_, r)| *r) != reason {
+            self.block = reason.map(|r| (self.readiness.register(r), r));
         }
     }
 
