@@ -12,7 +12,9 @@ use anyhow::{Result, ensure};
 use mesh_api::istio::workload::zds::{AddWorkload, ZdsHello, workload_request::Payload};
 use mesh_core::drain::DrainOutcome;
 use mesh_testkit::{eventually, require_root};
+use std::time::Duration;
 use support::*;
+use ztunnel::config::HumanDuration;
 
 /// Pods A and B on one link (10.77.1.0/24), C and B on another (10.77.2.0/24),
 /// all enrolled. Only B and C are in the mesh model: A is a brand-new pod the
@@ -25,6 +27,12 @@ fn three_pods(dir: &Path) -> Result<(Pod, Pod, Pod)> {
         p.enrol(dir)?;
     }
     Ok((a, b, c))
+}
+
+/// Listening sockets on `port` in the pod's netns.
+fn listeners_on(pod: &Pod, port: u16) -> Result<usize> {
+    let out = pod.ns.exec("ss", &["-Hltn", &format!("sport = :{port}")])?;
+    Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
 }
 
 async fn until_ready(zt: &Ztunnel) -> Result<()> {
@@ -172,7 +180,9 @@ async fn a_second_ztunnel_binds_the_same_pod_ports_while_the_first_serves() -> R
     let old_agent = NodeAgent::bind(dir.path().join("old.sock"))?;
     let new_agent = NodeAgent::bind(dir.path().join("new.sock"))?;
 
-    let old = Ztunnel::start(config(dir.path(), &old_agent.path, &workloads)?).await?;
+    let mut old_config = config(dir.path(), &old_agent.path, &workloads)?;
+    old_config.proxy.drain_deadline = HumanDuration(Duration::from_secs(3));
+    let old = Ztunnel::start(old_config).await?;
     let old_conn = old_agent.accept().await?;
     old_conn.snapshot(&[&a, &b]).await?;
     let mut long_lived = a.connect(b.ips[0]).await?;
@@ -183,6 +193,7 @@ async fn a_second_ztunnel_binds_the_same_pod_ports_while_the_first_serves() -> R
     let new_conn = new_agent.accept().await?;
     new_conn.snapshot(&[&a, &b]).await?;
     until_ready(&new).await?;
+    ensure!(listeners_on(&a, 15001)? == 2 && listeners_on(&b, 15008)? == 2);
     for i in 0..4 {
         roundtrip(
             &mut a.connect(b.ips[0]).await?,
@@ -191,10 +202,19 @@ async fn a_second_ztunnel_binds_the_same_pod_ports_while_the_first_serves() -> R
         .await?;
     }
 
-    // The old one leaves: its connections end with its drain deadline, new
-    // connections go to the new one.
-    ensure!(old.stop().await? == DrainOutcome::Forced);
-    closed(&mut long_lived).await?;
+    // The old one drains: its listeners close at once, its open connection
+    // carries on until the deadline, new connections reach the new one.
+    old.shutdown.trigger();
+    eventually(
+        "the old ztunnel's pod listeners closed",
+        PATIENCE,
+        || async {
+            ensure!(listeners_on(&a, 15001)? == 1 && listeners_on(&b, 15008)? == 1);
+            Ok(())
+        },
+    )
+    .await?;
+    roundtrip(&mut long_lived, b"during the drain").await?;
     for i in 0..4 {
         roundtrip(
             &mut a.connect(b.ips[0]).await?,
@@ -202,6 +222,9 @@ async fn a_second_ztunnel_binds_the_same_pod_ports_while_the_first_serves() -> R
         )
         .await?;
     }
+    let outcome = tokio::time::timeout(PATIENCE, old.running).await??;
+    ensure!(outcome == DrainOutcome::Forced, "{outcome:?}");
+    closed(&mut long_lived).await?;
     let metrics = new.metrics().await?;
     ensure!(
         opened_with(
