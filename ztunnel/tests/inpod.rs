@@ -380,3 +380,41 @@ async fn a_pod_that_cannot_start_is_nacked_kept_pending_and_retried() -> Result<
     zt.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn without_the_capabilities_in_pod_mode_needs_ztunnel_fails_fast_naming_them() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let file = dir.path().join("ztunnel.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "proxy:\n  inpod: {{socket: {}/zds.sock}}\n  certificates: {{ca: {{cert: root.pem, key: root.key}}}}\n  \
+             listeners: {{admin: 127.0.0.1:0, metrics: 127.0.0.1:0, readiness: 127.0.0.1:0}}\n",
+            dir.path().display()
+        ),
+    )?;
+    for (dropped, expected) in [
+        ("-sys_admin", "setns needs CAP_SYS_ADMIN"),
+        ("-net_admin,-net_raw", "cannot set SO_MARK 1337"),
+    ] {
+        // Root without these capabilities in its bounding set loses them at exec.
+        let run = tokio::process::Command::new("setpriv")
+            .arg(format!("--bounding-set={dropped}"))
+            .arg(env!("CARGO_BIN_EXE_ztunnel"))
+            .arg("--config")
+            .arg(&file)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(PATIENCE, run).await??;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(1),
+            "{dropped}: {:?} {stderr}",
+            out.status
+        );
+        ensure!(stderr.contains(expected), "{dropped}: {stderr}");
+    }
+    Ok(())
+}
