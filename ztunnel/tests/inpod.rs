@@ -418,3 +418,51 @@ async fn without_the_capabilities_in_pod_mode_needs_ztunnel_fails_fast_naming_th
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pods_own_record_in_the_model_gives_its_policy_and_labels() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let (a, b, c) = three_pods(dir.path())?;
+    let _app_b = EchoApp::start(&b)?;
+    let agent = NodeAgent::bind(dir.path().join("zds.sock"))?;
+    // B's record names a policy that denies A's identity, and B's canonical name.
+    let model = format!(
+        "{}\n{}, canonicalName: bee, authorizationPolicies: [default/no-a]}}\n\
+         authorizationPolicies:\n\
+         - {{name: no-a, namespace: default, scope: WORKLOAD_SELECTOR, action: DENY,\n   \
+         rules: [{{clauses: [{{matches: [{{principals: ['cluster.local/ns/default/sa/a']}}]}}]}}]}}",
+        workload_yaml(&c),
+        workload_yaml(&b).trim_end_matches('}'),
+    );
+    let zt = Ztunnel::start(config(dir.path(), &agent.path, &model)?).await?;
+    let conn = agent.accept().await?;
+    conn.snapshot(&[&a, &b, &c]).await?;
+    until_ready(&zt).await?;
+
+    let mut ab = a.connect(b.ips[0]).await?;
+    closed(&mut ab).await?;
+    let mut cb = c.connect(b.ips[1]).await?;
+    roundtrip(&mut cb, b"c is allowed").await?;
+
+    let metrics = zt.metrics().await?;
+    let denied = metrics.lines().any(|l| {
+        l.starts_with("istio_tcp_connections_failed_total{")
+            && l.contains("reporter=\"destination\"")
+            && l.contains("response_flags=\"DENY\"")
+            && l.contains(&format!("source_principal=\"{}\"", a.identity()))
+            && l.contains("destination_canonical_service=\"bee\"")
+    });
+    ensure!(denied, "no DENY of A at B in\n{metrics}");
+    ensure!(opened_with(
+        &metrics,
+        &[
+            "reporter=\"source\"",
+            "source_workload=\"c\"",
+            "destination_canonical_service=\"bee\""
+        ]
+    ));
+    zt.stop().await?;
+    Ok(())
+}
