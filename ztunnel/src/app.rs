@@ -10,7 +10,6 @@ use std::time::Duration;
 use mesh_core::control::{ControlPlane, TokenSource};
 use mesh_core::drain::{self, DrainOutcome, DrainTrigger, DrainWatcher};
 use mesh_core::hbone::{ClientSettings, Pool};
-use mesh_core::netns::Netns;
 use mesh_core::readiness::{BlockReady, Readiness};
 use mesh_core::telemetry::LogControl;
 use mesh_core::tls::{
@@ -24,17 +23,12 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ControlPlaneCa, WorkloadRef};
-use crate::inpod::{PodContext, PodPorts, Pods, ZdsClient};
+use crate::inpod::{Shared, ZdsClient};
 use crate::metrics::Metrics;
 use crate::proxy::listeners::DataListeners;
 use crate::proxy::{LocalWorkload, Proxy};
-use crate::sockets::{FactoryDialer, SocketFactory, check_inpod_capabilities};
+use crate::sockets::{FactoryDialer, SocketFactory};
 use crate::state::{State, StateError, StateStore};
-
-/// The packet mark when the config sets none (validation requires one in in-pod mode).
-const DEFAULT_MARK: u32 = 0x539;
-/// How long a new pod may wait for its certificate before its Add is NACKed.
-const POD_CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -226,7 +220,9 @@ impl App {
         let deadline = config.drain_deadline();
         // In-pod mode enters every pod's netns: find out now if it cannot.
         let home = match &config.proxy.inpod {
-            Some(_) => Some(inpod_home(&config)?),
+            Some(_) => {
+                Some(crate::inpod::home_netns(&config).map_err(AppError::InpodCapabilities)?)
+            }
             None => None,
         };
         let (source, roots) = certificate_source(&config).await?;
@@ -261,32 +257,19 @@ impl App {
 
         let (mode, data) = match (&config.proxy.inpod, home) {
             (Some(inpod), Some(home)) => {
-                let ctx = Arc::new(PodContext {
-                    state: state.clone(),
-                    certs: certs.clone(),
-                    metrics: metrics.clone(),
-                    home,
-                    mark: config.proxy.packet_mark.unwrap_or(DEFAULT_MARK),
-                    ports: PodPorts {
-                        outbound: l.outbound.port(),
-                        inbound: l.inbound.port(),
-                        plaintext: l.inbound_plaintext.port(),
+                let client = crate::inpod::client(
+                    &config,
+                    inpod,
+                    Shared {
+                        home,
+                        state: state.clone(),
+                        certs: certs.clone(),
+                        metrics: metrics.clone(),
+                        readiness: readiness.clone(),
+                        shutdown: shutdown.clone(),
                     },
-                    trust_domain: inpod.trust_domain.clone(),
-                    cluster_id: config.proxy.cluster_id.clone(),
-                    original_source: inpod.original_source,
-                    connect_timeout: config.proxy.connect_timeout.0,
-                    certificate_wait: POD_CERTIFICATE_WAIT,
-                });
-                let pods = Pods::new(ctx, readiness.clone());
-                let view = pods.view();
-                let client = ZdsClient {
-                    socket: inpod.socket.clone(),
-                    pods,
-                    shutdown: shutdown.clone(),
-                    metrics: metrics.clone(),
-                    deadline,
-                };
+                );
+                let view = client.pods.view();
                 // Each pod listens on these ports inside its own netns.
                 let bound = (l.outbound, l.inbound, l.inbound_plaintext);
                 (Mode::Inpod(client), (bound, Some(view)))
@@ -489,15 +472,6 @@ fn local_source(
             AppError::UnknownLocalWorkload(format!("{}/{}", local_ref.namespace, local_ref.name))
         })?;
     Ok(LocalSource::Static(local_ref, entry))
-}
-
-/// ztunnel's own netns, after checking that pods' netns can be entered and
-/// sockets marked (spec 5: fail fast otherwise).
-fn inpod_home(config: &Config) -> Result<Arc<Netns>, AppError> {
-    let home = Netns::current().map_err(AppError::InpodCapabilities)?;
-    let mark = config.proxy.packet_mark.unwrap_or(DEFAULT_MARK);
-    check_inpod_capabilities(&home, mark).map_err(AppError::InpodCapabilities)?;
-    Ok(Arc::new(home))
 }
 
 /// The xDS client runs on a small runtime of its own so that decoding and
