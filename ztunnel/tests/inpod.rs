@@ -69,7 +69,7 @@ async fn pods_talk_over_hbone_from_the_snapshot_and_a_deleted_pod_goes_alone() -
     let mut ab = a.connect(b.ips[0]).await?;
     roundtrip(&mut ab, b"from a").await?;
     ensure!(
-        app_b.caller_ips().contains(&a.ips[0]),
+        app_b.caller_ips() == vec![a.ips[0]],
         "B's app saw {:?}, not A's address",
         app_b.caller_ips()
     );
@@ -463,6 +463,45 @@ async fn a_pods_own_record_in_the_model_gives_its_policy_and_labels() -> Result<
             "destination_canonical_service=\"bee\""
         ]
     ));
+    zt.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn ipv6_pods_talk_over_hbone_and_the_app_sees_the_caller() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let (mut a, mut b) = (Pod::new("a6")?, Pod::new("b6")?);
+    link_v6(&mut a, &mut b, 1)?;
+    a.enrol(dir.path())?;
+    b.enrol(dir.path())?;
+    let app_b = EchoApp::start(&b)?;
+    let agent = NodeAgent::bind(dir.path().join("zds.sock"))?;
+    let zt = Ztunnel::start(config(dir.path(), &agent.path, &workload_yaml(&b))?).await?;
+    let conn = agent.accept().await?;
+    conn.snapshot(&[&a, &b]).await?;
+    until_ready(&zt).await?;
+
+    let mut ab = a.connect(b.ips[0]).await?;
+    roundtrip(&mut ab, b"over ipv6").await?;
+    ensure!(
+        app_b.caller_ips() == vec![a.ips[0]],
+        "B's app saw {:?}",
+        app_b.caller_ips()
+    );
+    let metrics = zt.metrics().await?;
+    ensure!(
+        opened_with(
+            &metrics,
+            &[
+                "reporter=\"destination\"",
+                &format!("source_principal=\"{}\"", a.identity()),
+                "connection_security_policy=\"mutual_tls\""
+            ]
+        ),
+        "no mTLS line for the IPv6 connection in\n{metrics}"
+    );
     zt.stop().await?;
     Ok(())
 }

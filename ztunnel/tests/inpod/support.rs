@@ -69,32 +69,29 @@ impl Pod {
         })
     }
 
-    /// Applies the redirection rules and the return route for spoofed sources.
+    /// Applies the redirection rules and the return route for spoofed
+    /// sources, IPv4 and IPv6.
     pub fn enrol(&self, dir: &Path) -> Result<()> {
-        let file = dir.join(format!("{}.rules", self.ns.name()));
-        std::fs::write(&file, POD_RULES)?;
-        self.ns
-            .exec("iptables-restore", &["--noflush", &file.to_string_lossy()])?;
-        self.ns.ip(&[
-            "rule",
-            "add",
-            "fwmark",
-            "0x111/0xfff",
-            "pref",
-            "32764",
-            "lookup",
-            "100",
-        ])?;
-        self.ns.ip(&[
-            "route",
-            "add",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            "100",
-        ])?;
+        let v6_rules = POD_RULES.replace("127.0.0.1/32", "::1/128").replace(
+            "169.254.7.127/32",
+            "fd16:9254:7127:1337:ffff:ffff:ffff:ffff/128",
+        );
+        for (tool, rules, any, family) in [
+            ("iptables-restore", POD_RULES.to_string(), "0.0.0.0/0", "-4"),
+            ("ip6tables-restore", v6_rules, "::/0", "-6"),
+        ] {
+            let file = dir.join(format!("{}.{tool}", self.ns.name()));
+            std::fs::write(&file, rules)?;
+            self.ns
+                .exec(tool, &["--noflush", &file.to_string_lossy()])?;
+            let rule = "rule add fwmark 0x111/0xfff pref 32764 lookup 100";
+            let route = format!("route add local {any} dev lo table 100");
+            for args in [rule.to_string(), route] {
+                let mut argv = vec![family];
+                argv.extend(args.split(' '));
+                self.ns.ip(&argv)?;
+            }
+        }
         Ok(())
     }
 
@@ -117,6 +114,20 @@ impl Pod {
     pub async fn connect(&self, to: IpAddr) -> Result<tokio::net::TcpStream> {
         self.ns.tcp_connect(SocketAddr::new(to, APP_PORT)).await
     }
+}
+
+/// Joins two pods with a veth pair on `fd77:<n>::/64` only.
+pub fn link_v6(a: &mut Pod, b: &mut Pod, n: u16) -> Result<()> {
+    let (ia, ib) = (format!("fd77:{n:x}::1"), format!("fd77:{n:x}::2"));
+    mesh_testkit::link(
+        &a.ns,
+        &[format!("{ia}/64").parse()?],
+        &b.ns,
+        &[format!("{ib}/64").parse()?],
+    )?;
+    a.ips.push(ia.parse()?);
+    b.ips.push(ib.parse()?);
+    Ok(())
 }
 
 /// Joins two pods with a veth pair on `subnet` (a /24 prefix like `10.77.1`).
@@ -147,9 +158,11 @@ impl Drop for EchoApp {
 
 impl EchoApp {
     pub fn start(pod: &Pod) -> Result<EchoApp> {
-        let listener = pod
-            .ns
-            .tcp_listener(SocketAddr::from(([0, 0, 0, 0], APP_PORT)))?;
+        // Dual-stack: IPv4 callers show as IPv4-mapped, see `caller_ips`.
+        let listener = pod.ns.tcp_listener(SocketAddr::from((
+            std::net::Ipv6Addr::UNSPECIFIED,
+            APP_PORT,
+        )))?;
         let callers = Arc::new(Mutex::new(Vec::new()));
         let seen = callers.clone();
         let task = tokio::spawn(async move {
@@ -165,12 +178,13 @@ impl EchoApp {
         Ok(EchoApp { callers, task })
     }
 
+    /// The callers' addresses, IPv4 ones as IPv4.
     pub fn caller_ips(&self) -> Vec<IpAddr> {
         self.callers
             .lock()
             .unwrap()
             .iter()
-            .map(|a| a.ip())
+            .map(|a| a.ip().to_canonical())
             .collect()
     }
 }
