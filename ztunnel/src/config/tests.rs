@@ -385,3 +385,12 @@ fn inpod_settings_that_cannot_serve_pods_name_the_field() {
         assert!(e.contains(expected), "{e:?} lacks {expected:?}");
     }
 }
+
+#[test]
+fn an_inpod_config_survives_a_yaml_round_trip() {
+    let c = Config::parse(INPOD).unwrap();
+    let yaml = serde_yaml::to_string(&c).unwrap();
+    let again = Config::parse(&yaml).unwrap();
+    assert!(again.proxy.workload.is_none());
+    assert_eq!(serde_yaml::to_string(&again).unwrap(), yaml);
+}
