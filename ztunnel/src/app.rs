@@ -62,7 +62,8 @@ pub enum AppError {
     InpodCapabilities(std::io::Error),
 }
 
-/// The bound addresses (ports resolved when the config asked for port 0).
+/// The bound addresses (ports resolved when the config asked for port 0). In
+/// in-pod mode the three data addresses are the ones bound inside every pod.
 #[derive(Debug, Clone, Copy)]
 pub struct Addresses {
     pub outbound: SocketAddr,

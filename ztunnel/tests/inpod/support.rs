@@ -234,7 +234,6 @@ proxy:
   listeners: {{admin: 127.0.0.1:0, metrics: 127.0.0.1:0, readiness: 127.0.0.1:0}}
   drainDeadline: 1s
   connectTimeout: 3s
-  workerThreads: 1
 workloads: {workloads}
 ",
         socket = socket.display(),
