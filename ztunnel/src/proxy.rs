@@ -50,22 +50,22 @@ pub struct LocalWorkload {
 }
 
 impl Proxy {
-    /// The local workload in the current state, or as announced.
-    pub fn local_workload(&self) -> Option<Arc<WorkloadEntry>> {
-        let known = self
-            .state
-            .load()
-            .workload_named(&self.local.name.namespace, &self.local.name.name)
-            .cloned();
-        match &self.local.announced {
-            None => known,
-            // A workload of that name but another identity is not this pod (spec 3.5).
-            Some(a) => Some(
-                known
-                    .filter(|k| k.identity == a.identity)
-                    .unwrap_or_else(|| a.clone()),
-            ),
-        }
+    /// The local workload in the current state, or as announced. `pod_ip` is
+    /// an address of the pod seen on the connection (in-pod mode), used when
+    /// the model knows the pod by address but not by the announced name.
+    pub fn local_workload(&self, pod_ip: IpAddr) -> Option<Arc<WorkloadEntry>> {
+        let state = self.state.load();
+        let by_name = state.workload_named(&self.local.name.namespace, &self.local.name.name);
+        let Some(announced) = &self.local.announced else {
+            return by_name.cloned();
+        };
+        // A record of another identity is not this pod (spec 3.5).
+        let ours = |w: &&Arc<WorkloadEntry>| w.identity == announced.identity;
+        by_name
+            .filter(ours)
+            .or_else(|| state.workload_by_ip(pod_ip).filter(ours))
+            .cloned()
+            .or_else(|| Some(announced.clone()))
     }
 
     /// Whether `target` (a CONNECT authority or original destination reached

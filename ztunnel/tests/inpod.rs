@@ -427,13 +427,15 @@ async fn a_pods_own_record_in_the_model_gives_its_policy_and_labels() -> Result<
     let (a, b, c) = three_pods(dir.path())?;
     let _app_b = EchoApp::start(&b)?;
     let agent = NodeAgent::bind(dir.path().join("zds.sock"))?;
-    // B's record names a policy that denies A's identity, and B's canonical name.
+    // B's record names a policy that denies A's identity, and B's canonical
+    // name; C's record has another name than the pod, so only its address
+    // ties it to the pod.
     let model = format!(
         "{}\n{}, canonicalName: bee, authorizationPolicies: [default/no-a]}}\n\
          authorizationPolicies:\n\
          - {{name: no-a, namespace: default, scope: WORKLOAD_SELECTOR, action: DENY,\n   \
          rules: [{{clauses: [{{matches: [{{principals: ['cluster.local/ns/default/sa/a']}}]}}]}}]}}",
-        workload_yaml(&c),
+        workload_yaml(&c).replace("name: c,", "name: c-record,"),
         workload_yaml(&b).trim_end_matches('}'),
     );
     let zt = Ztunnel::start(config(dir.path(), &agent.path, &model)?).await?;
@@ -459,7 +461,7 @@ async fn a_pods_own_record_in_the_model_gives_its_policy_and_labels() -> Result<
         &metrics,
         &[
             "reporter=\"source\"",
-            "source_workload=\"c\"",
+            "source_workload=\"c-record\"",
             "destination_canonical_service=\"bee\""
         ]
     ));

@@ -25,7 +25,7 @@ impl Handler for Inbound {
         let target = capture::canonical(req.authority);
         let peer = req.peer.clone();
         let Some(local) = proxy
-            .local_workload()
+            .local_workload(peer.local.ip())
             .filter(|w| proxy.is_local_target(w, target, peer.local.ip()))
         else {
             // Not ours: this ztunnel is no open relay.

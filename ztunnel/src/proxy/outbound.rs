@@ -28,7 +28,7 @@ pub async fn handle(
             return;
         }
     };
-    let Some(source) = proxy.local_workload() else {
+    let Some(source) = proxy.local_workload(peer.ip()) else {
         tracing::warn!(%peer, %dst, workload = ?proxy.local.name, "the local workload is not in the config; refusing");
         hbone::copy::reset_tcp(&downstream);
         return;

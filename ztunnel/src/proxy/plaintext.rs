@@ -29,7 +29,7 @@ pub async fn handle(
         .map(|a| capture::canonical_ip(a.ip()))
         .unwrap_or(target.ip());
     let Some(local) = proxy
-        .local_workload()
+        .local_workload(accepted_on)
         .filter(|w| proxy.is_local_target(w, target, accepted_on))
     else {
         tracing::info!(%peer, %target, "plaintext connection to an address that is not a local workload; closing");
