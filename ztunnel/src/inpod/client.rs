@@ -71,7 +71,7 @@ impl ZdsClient {
                 }
                 Ended::Lost(error) => {
                     let delay = backoff.next_delay(rand::random());
-                    tracing::warn!(%error, retry_in = ?delay, "ZDS connection lost; pod proxies keep serving");
+                    tracing::warn!(%error, retry_in = ?delay, "no ZDS connection to the node agent; retrying (running pod proxies keep serving)");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = drain.draining() => break,
