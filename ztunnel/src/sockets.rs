@@ -122,6 +122,18 @@ impl SocketFactory {
     }
 }
 
+impl SocketFactory {
+    /// Lets the kernel hand connections queued on a closing listener to
+    /// another listener of its `SO_REUSEPORT` group (`tcp_migrate_req`), so
+    /// that when an old ztunnel closes its pod listeners during an upgrade,
+    /// connections it had not accepted yet go to the new one instead of being
+    /// reset. Per netns; only reuseport groups are affected.
+    pub fn migrate_queued_connections(&self) -> io::Result<()> {
+        // /proc/sys/net shows the netns of the thread that opens it.
+        self.inside(|| std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1"))
+    }
+}
+
 fn listener_socket(f: &SocketFactory, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4

@@ -507,3 +507,51 @@ async fn ipv6_pods_talk_over_hbone_and_the_app_sees_the_caller() -> Result<()> {
     zt.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn new_connections_keep_working_while_the_old_ztunnel_hands_over() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let (mut a, mut b) = (Pod::new("a")?, Pod::new("b")?);
+    link(&mut a, &mut b, "10.77.1")?;
+    a.enrol(dir.path())?;
+    b.enrol(dir.path())?;
+    let _app_b = EchoApp::start(&b)?;
+    let workloads = format!("{}\n{}", workload_yaml(&a), workload_yaml(&b));
+    let old_agent = NodeAgent::bind(dir.path().join("old.sock"))?;
+    let new_agent = NodeAgent::bind(dir.path().join("new.sock"))?;
+    let old = Ztunnel::start(config(dir.path(), &old_agent.path, &workloads)?).await?;
+    let old_conn = old_agent.accept().await?;
+    old_conn.snapshot(&[&a, &b]).await?;
+    let new = Ztunnel::start(config(dir.path(), &new_agent.path, &workloads)?).await?;
+    let new_conn = new_agent.accept().await?;
+    new_conn.snapshot(&[&a, &b]).await?;
+
+    // Connections one after another, before, during and after the old one's drain.
+    let (mut ok, mut failed) = (0, Vec::new());
+    let mut old = Some(old);
+    let mut draining = None;
+    for i in 0..300 {
+        if i == 100 {
+            let o = old.take().expect("old ztunnel");
+            o.shutdown.trigger();
+            draining = Some(o.running);
+        }
+        let attempt = async {
+            let mut s = a.connect(b.ips[0]).await?;
+            roundtrip(&mut s, format!("n{i}").as_bytes()).await
+        };
+        match attempt.await {
+            Ok(()) => ok += 1,
+            Err(e) => failed.push(format!("{i}: {e:#}")),
+        }
+    }
+    ensure!(failed.is_empty(), "{ok} ok, failed: {failed:?}");
+    if let Some(running) = draining {
+        tokio::time::timeout(PATIENCE, running).await??;
+    }
+    new.stop().await?;
+    drop((old_conn, new_conn));
+    Ok(())
+}

@@ -124,6 +124,10 @@ pub async fn start(
             source,
         })
     };
+    if let Err(error) = sockets.migrate_queued_connections() {
+        // Older kernels lack it: upgrades may then reset a few queued connections.
+        tracing::debug!(%pod, %error, "cannot enable tcp_migrate_req in the pod");
+    }
     let listeners = DataListeners {
         outbound: bind("outbound", ctx.ports.outbound)?,
         inbound: bind("inbound HBONE", ctx.ports.inbound)?,
