@@ -364,6 +364,8 @@ async fn a_pod_that_cannot_start_is_nacked_kept_pending_and_retried() -> Result<
         nack.contains("default/a") && nack.contains("outbound listener on port 15001"),
         "{nack:?}"
     );
+    // Sent again, it is tried again (not taken as already running).
+    ensure!(conn.add(&a).await? == nack);
     ensure!(conn.snapshot_sent().await?.is_empty());
     let (code, body) = zt.ready().await?;
     ensure!(

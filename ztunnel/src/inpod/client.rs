@@ -135,7 +135,7 @@ impl ZdsClient {
                 }
             };
             let step = session.step(request, netns.as_ref().map(Netns::id), |uid| {
-                self.pods.netns_of(uid)
+                self.pods.running_netns(uid)
             });
             tracing::debug!(?step, "ZDS request");
             let error = match step {

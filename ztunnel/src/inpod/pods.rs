@@ -85,12 +85,10 @@ impl Pods {
         self.view.clone()
     }
 
-    /// The netns of the proxy serving (or waiting to serve) `uid`.
-    pub fn netns_of(&self, uid: &str) -> Option<NetnsId> {
-        self.running
-            .get(uid)
-            .map(|p| p.netns)
-            .or_else(|| self.pending.get(uid).map(|p| p.netns.id()))
+    /// The netns of the running proxy of `uid`. A pending pod has none: an
+    /// Add for it is a fresh attempt, answered by how that goes.
+    pub fn running_netns(&self, uid: &str) -> Option<NetnsId> {
+        self.running.get(uid).map(|p| p.netns)
     }
 
     /// Starts a pod's proxy; on failure the pod stays pending and the error

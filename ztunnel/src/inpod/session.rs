@@ -40,8 +40,8 @@ impl Session {
     }
 
     /// Decides one request. `running` gives the netns of the proxy already
-    /// serving a uid (running or pending); `netns` is that of the
-    /// descriptor that came with this request.
+    /// serving a uid; `netns` is that of the descriptor that came with this
+    /// request.
     pub fn step(
         &mut self,
         request: WorkloadRequest,
