@@ -24,6 +24,8 @@ pub struct AdminState {
     pub shutdown: Shutdown,
     /// The xDS client's status when the state comes from a control plane.
     pub xds: Option<tokio::sync::watch::Receiver<mesh_core::xds::XdsStatus>>,
+    /// In-pod mode: the pods served.
+    pub pods: Option<crate::inpod::PodsView>,
 }
 
 pub fn admin_router(s: Arc<AdminState>) -> Router {
@@ -88,6 +90,8 @@ fn config_dump(s: &AdminState) -> serde_json::Value {
         "source": if s.xds.is_some() { "xds" } else { "file" },
         "xds": s.xds.as_ref().map(|x| x.borrow().clone()),
         "certificates": certificates,
+        "mode": if s.pods.is_some() { "inpod" } else { "dedicated" },
+        "workloadState": s.pods.as_ref().map(|p| p.list()),
         "version": env!("CARGO_PKG_VERSION"),
     })
 }

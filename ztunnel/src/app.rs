@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mesh_core::control::{ControlPlane, TokenSource};
 use mesh_core::drain::{self, DrainOutcome, DrainTrigger, DrainWatcher};
-use mesh_core::hbone::{self, ClientSettings, Pool};
+use mesh_core::hbone::{ClientSettings, Pool};
 use mesh_core::readiness::{BlockReady, Readiness};
 use mesh_core::telemetry::LogControl;
 use mesh_core::tls::{
@@ -22,9 +22,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, ControlPlaneCa};
+use crate::config::{Config, ControlPlaneCa, WorkloadRef};
+use crate::inpod::{Shared, ZdsClient};
 use crate::metrics::Metrics;
-use crate::proxy::{self, Proxy, inbound::Inbound};
+use crate::proxy::listeners::DataListeners;
+use crate::proxy::{LocalWorkload, Proxy};
+use crate::sockets::{FactoryDialer, SocketFactory};
 use crate::state::{State, StateError, StateStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +58,12 @@ pub enum AppError {
     Xds(#[from] crate::xds::XdsSetupError),
     #[error("cannot start the control-plane thread: {0}")]
     ControlThread(std::io::Error),
+    #[error("proxy.inpod: {0}")]
+    InpodCapabilities(std::io::Error),
 }
 
-/// The bound addresses (ports resolved when the config asked for port 0).
+/// The bound addresses (ports resolved when the config asked for port 0). In
+/// in-pod mode the three data addresses are the ones bound inside every pod.
 #[derive(Debug, Clone, Copy)]
 pub struct Addresses {
     pub outbound: SocketAddr,
@@ -68,15 +74,43 @@ pub struct Addresses {
     pub readiness: SocketAddr,
 }
 
-/// Asks the app to shut down (SIGTERM, `/quitquitquit`, tests).
+/// Asks the app to shut down (SIGTERM, `/quitquitquit`, tests), or to stop
+/// because something it depends on broke (the process then exits with 1).
 #[derive(Debug, Clone)]
-pub struct Shutdown(Arc<watch::Sender<bool>>);
+pub struct Shutdown {
+    asked: Arc<watch::Sender<bool>>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+}
 
 impl Shutdown {
+    fn new() -> Self {
+        Shutdown {
+            asked: Arc::new(watch::channel(false).0),
+            failure: Arc::default(),
+        }
+    }
+
     pub fn trigger(&self) {
         // `send` drops the value when nobody subscribed yet (a trigger before
         // `run`); `send_replace` always keeps it.
-        self.0.send_replace(true);
+        self.asked.send_replace(true);
+    }
+
+    /// Shuts down because of `reason`; the first reason is kept.
+    pub fn fail(&self, reason: String) {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(reason);
+        self.trigger();
+    }
+
+    /// Why the app stopped, if it stopped on a failure rather than on request.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -185,11 +219,17 @@ async fn control_plane_ca(
 impl App {
     pub async fn build(config: Config, log: LogControl) -> Result<App, AppError> {
         let deadline = config.drain_deadline();
+        // In-pod mode enters every pod's netns: find out now if it cannot.
+        let home = match &config.proxy.inpod {
+            Some(_) => {
+                Some(crate::inpod::home_netns(&config).map_err(AppError::InpodCapabilities)?)
+            }
+            None => None,
+        };
         let (source, roots) = certificate_source(&config).await?;
         let certs = CertStore::new(source, roots);
-        let local_ref = config.proxy.workload.clone();
-        // With a control plane the state starts empty and the local workload
-        // arrives later; from a file it must be there now.
+        // With a control plane the state starts empty and the workloads
+        // arrive later; from a file they are there now.
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let (state, xds) = match &config.proxy.xds {
@@ -206,78 +246,69 @@ impl App {
             ),
         };
         let xds_status = xds.as_ref().map(|(client, _)| client.status());
-        let source = match xds {
-            Some((client, model)) => LocalSource::Xds(Box::new(client), model),
-            None => LocalSource::Static(
-                state
-                    .load()
-                    .workload_named(&local_ref.namespace, &local_ref.name)
-                    .cloned()
-                    .ok_or_else(|| {
-                        AppError::UnknownLocalWorkload(format!(
-                            "{}/{}",
-                            local_ref.namespace, local_ref.name
-                        ))
-                    })?,
-            ),
-        };
-
         let registry = Arc::new(registry);
         let readiness = Readiness::new();
-        let cert_ready = readiness.register("workload certificate");
 
         let l = &config.proxy.listeners;
-        let outbound = bind("outbound", l.outbound).await?;
-        let inbound = bind("inbound HBONE", l.inbound).await?;
-        let plaintext = bind("inbound plaintext", l.inbound_plaintext).await?;
         let admin_l = bind("admin", l.admin).await?;
         let metrics_l = bind("metrics", l.metrics).await?;
         let ready_l = bind("readiness", l.readiness).await?;
+        let (trigger, watcher) = drain::channel();
+        let shutdown = Shutdown::new();
+
+        let (mode, data) = match (&config.proxy.inpod, home) {
+            (Some(inpod), Some(home)) => {
+                let client = crate::inpod::client(
+                    &config,
+                    inpod,
+                    Shared {
+                        home,
+                        state: state.clone(),
+                        certs: certs.clone(),
+                        metrics: metrics.clone(),
+                        readiness: readiness.clone(),
+                        shutdown: shutdown.clone(),
+                    },
+                );
+                let view = client.pods.view();
+                // Each pod listens on these ports inside its own netns.
+                let bound = (l.outbound, l.inbound, l.inbound_plaintext);
+                (Mode::Inpod(client), (bound, Some(view)))
+            }
+            _ => {
+                let local = local_source(&config, &state, xds.as_ref().map(|(_, m)| m.clone()))?;
+                let outbound = bind("outbound", l.outbound).await?;
+                let inbound = bind("inbound HBONE", l.inbound).await?;
+                let plaintext = bind("inbound plaintext", l.inbound_plaintext).await?;
+                let addr = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
+                let bound = (addr(&outbound), addr(&inbound), addr(&plaintext));
+                let listeners = DataListeners {
+                    outbound,
+                    inbound,
+                    plaintext,
+                };
+                (Mode::Dedicated(local, listeners), (bound, None))
+            }
+        };
+        let ((outbound, inbound, inbound_plaintext), pods_view) = data;
         let addr = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
         let addresses = Addresses {
-            outbound: addr(&outbound),
-            inbound: addr(&inbound),
-            inbound_plaintext: addr(&plaintext),
+            outbound,
+            inbound,
+            inbound_plaintext,
             admin: addr(&admin_l),
             metrics: addr(&metrics_l),
             readiness: addr(&ready_l),
         };
 
-        let (trigger, watcher) = drain::channel();
-        let shutdown = Shutdown(Arc::new(watch::channel(false).0));
-        let pool = Pool::new(
-            certs.clone(),
-            Arc::new(crate::capture::MarkedDialer {
-                mark: config.proxy.packet_mark,
-                timeout: config.proxy.connect_timeout.0,
-            }),
-            ClientSettings {
-                connect_timeout: config.proxy.connect_timeout.0,
-                ..Default::default()
-            },
-        );
-        let proxy = Arc::new(Proxy {
-            state: state.clone(),
-            certs: certs.clone(),
-            pool: pool.clone(),
-            metrics: metrics.clone(),
-            local: local_ref.clone(),
-            mark: config.proxy.packet_mark,
-            connect_timeout: config.proxy.connect_timeout.0,
-        });
-        let listeners = DataListeners {
-            outbound,
-            inbound,
-            plaintext,
-        };
-
         let admin_state = Arc::new(AdminState {
-            config,
-            state,
+            config: config.clone(),
+            state: state.clone(),
             certs: certs.clone(),
             log,
             shutdown: shutdown.clone(),
             xds: xds_status,
+            pods: pods_view,
         });
         tokio::spawn(mesh_core::admin::serve(
             admin_l,
@@ -295,30 +326,58 @@ impl App {
             watcher.clone(),
         ));
 
-        match source {
-            LocalSource::Static(local) => {
-                certs.prefetch(&local.identity).await?;
-                drop(cert_ready);
-                listeners.serve(proxy, local.identity.clone(), watcher.clone());
+        if let Some((client, _)) = xds {
+            let synced = readiness.register("xDS sync");
+            tokio::spawn(release_when_synced(
+                client.status(),
+                synced,
+                watcher.clone(),
+            ));
+            spawn_on_control_thread(client, watcher.clone())?;
+        }
+        match mode {
+            Mode::Inpod(client) => {
+                tokio::spawn(client.run(watcher));
             }
-            LocalSource::Xds(client, model) => {
-                let synced = readiness.register("xDS sync");
-                tokio::spawn(release_when_synced(
-                    client.status(),
-                    synced,
-                    watcher.clone(),
-                ));
-                spawn_on_control_thread(*client, watcher.clone())?;
-                tokio::spawn(serve_once_local_known(
-                    model,
-                    proxy,
-                    listeners,
-                    cert_ready,
-                    watcher.clone(),
-                ));
+            Mode::Dedicated(local, listeners) => {
+                let proxy = Arc::new(Proxy {
+                    state,
+                    certs: certs.clone(),
+                    pool: Pool::new(
+                        certs.clone(),
+                        Arc::new(FactoryDialer {
+                            sockets: SocketFactory::here(config.proxy.packet_mark),
+                            timeout: config.proxy.connect_timeout.0,
+                        }),
+                        ClientSettings {
+                            connect_timeout: config.proxy.connect_timeout.0,
+                            ..Default::default()
+                        },
+                    ),
+                    metrics: metrics.clone(),
+                    local: LocalWorkload {
+                        name: local.name().clone(),
+                        announced: None,
+                    },
+                    sockets: SocketFactory::here(config.proxy.packet_mark),
+                    original_source: false,
+                    connect_timeout: config.proxy.connect_timeout.0,
+                });
+                let cert_ready = readiness.register("workload certificate");
+                match local {
+                    LocalSource::Static(_, local) => {
+                        certs.prefetch(&local.identity).await?;
+                        drop(cert_ready);
+                        listeners.serve(proxy, local.identity.clone(), watcher);
+                    }
+                    LocalSource::Xds(_, model) => {
+                        tokio::spawn(serve_once_local_known(
+                            model, proxy, listeners, cert_ready, watcher,
+                        ));
+                    }
+                }
             }
         }
-        tokio::spawn(sweep(pool, watcher));
 
         Ok(App {
             addresses,
@@ -335,7 +394,7 @@ impl App {
 
     /// Serves until shutdown is asked for, then drains within the deadline.
     pub async fn run(self) -> DrainOutcome {
-        let mut rx = self.shutdown.0.subscribe();
+        let mut rx = self.shutdown.asked.subscribe();
         let _ = rx.wait_for(|s| *s).await;
         tracing::info!(deadline = ?self.deadline, "shutting down: draining connections");
         let outcome = self.trigger.drain(self.deadline).await;
@@ -368,40 +427,52 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, A
     })
 }
 
-/// Where the local workload comes from.
+/// What the data path serves.
+enum Mode {
+    /// One workload, with listeners in ztunnel's own netns.
+    Dedicated(LocalSource, DataListeners),
+    /// The pods the node agent hands over ZDS.
+    Inpod(ZdsClient),
+}
+
+/// Where the dedicated workload comes from.
 enum LocalSource {
     /// The config file, looked up at build.
-    Static(Arc<crate::state::WorkloadEntry>),
+    Static(WorkloadRef, Arc<crate::state::WorkloadEntry>),
     /// The control plane, once it sends it.
-    Xds(Box<mesh_core::xds::XdsClient>, Arc<crate::xds::XdsModel>),
+    Xds(WorkloadRef, Arc<crate::xds::XdsModel>),
 }
 
-/// The data-path listeners, bound at build and served once the local
-/// workload (and so the identity to serve HBONE with) is known.
-struct DataListeners {
-    outbound: TcpListener,
-    inbound: TcpListener,
-    plaintext: TcpListener,
-}
-
-impl DataListeners {
-    fn serve(self, proxy: Arc<Proxy>, local: mesh_core::Identity, watcher: DrainWatcher) {
-        let p = proxy.clone();
-        tokio::spawn(proxy::accept_loop(
-            "outbound",
-            self.outbound,
-            watcher.clone(),
-            move |s, peer, w| proxy::outbound::handle(p.clone(), s, peer, w),
-        ));
-        let p = proxy.clone();
-        tokio::spawn(proxy::accept_loop(
-            "inbound plaintext",
-            self.plaintext,
-            watcher.clone(),
-            move |s, peer, w| proxy::plaintext::handle(p.clone(), s, peer, w),
-        ));
-        spawn_hbone(self.inbound, proxy, local, watcher);
+impl LocalSource {
+    fn name(&self) -> &WorkloadRef {
+        match self {
+            LocalSource::Static(r, _) | LocalSource::Xds(r, _) => r,
+        }
     }
+}
+
+fn local_source(
+    config: &Config,
+    state: &StateStore,
+    model: Option<Arc<crate::xds::XdsModel>>,
+) -> Result<LocalSource, AppError> {
+    // Validation guarantees a workload outside in-pod mode.
+    let local_ref = config
+        .proxy
+        .workload
+        .clone()
+        .ok_or_else(|| AppError::UnknownLocalWorkload("(not set)".into()))?;
+    if let Some(model) = model {
+        return Ok(LocalSource::Xds(local_ref, model));
+    }
+    let entry = state
+        .load()
+        .workload_named(&local_ref.namespace, &local_ref.name)
+        .cloned()
+        .ok_or_else(|| {
+            AppError::UnknownLocalWorkload(format!("{}/{}", local_ref.namespace, local_ref.name))
+        })?;
+    Ok(LocalSource::Static(local_ref, entry))
 }
 
 /// The xDS client runs on a small runtime of its own so that decoding and
@@ -446,7 +517,7 @@ async fn serve_once_local_known(
     drain: DrainWatcher,
 ) {
     let mut updates = model.updates();
-    let local = proxy.local.clone();
+    let local = proxy.local.name.clone();
     let found = async {
         loop {
             if let Some(w) = proxy
@@ -482,57 +553,4 @@ async fn serve_once_local_known(
     }
     drop(cert_ready);
     listeners.serve(proxy, workload.identity.clone(), drain);
-}
-
-fn spawn_hbone(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    local: mesh_core::Identity,
-    watcher: DrainWatcher,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(proxy.certs.clone(), local));
-    let handler = Arc::new(Inbound {
-        proxy: proxy.clone(),
-        drain: watcher.clone(),
-    });
-    let settings = Arc::new(hbone::ServerSettings::default());
-    tokio::spawn(proxy::accept_loop(
-        "inbound HBONE",
-        listener,
-        watcher,
-        move |tcp, peer, w| {
-            let (acceptor, handler, settings, metrics) = (
-                acceptor.clone(),
-                handler.clone(),
-                settings.clone(),
-                proxy.metrics.clone(),
-            );
-            async move {
-                if let Err(error) =
-                    hbone::serve_connection(tcp, acceptor, &settings, handler, w).await
-                {
-                    let reason = match &error {
-                        hbone::HboneError::Tls { .. } | hbone::HboneError::HandshakeTimeout(_) => {
-                            "tls"
-                        }
-                        hbone::HboneError::Alpn(_) => "alpn",
-                        hbone::HboneError::H2Handshake { .. } => "http2",
-                        _ => "other",
-                    };
-                    Metrics::count_reason(&metrics.handshake_failures, reason);
-                    tracing::info!(%peer, %error, "inbound HBONE connection refused");
-                }
-            }
-        },
-    ));
-}
-
-async fn sweep(pool: Arc<Pool>, drain: DrainWatcher) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => pool.sweep(),
-            _ = drain.draining() => return,
-        }
-    }
 }

@@ -8,8 +8,7 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const SO_ORIGINAL_DST: libc::c_int = 80;
 const IP6T_SO_ORIGINAL_DST: libc::c_int = 80;
@@ -92,47 +91,4 @@ pub fn tune(stream: &TcpStream) {
         .with_interval(Duration::from_secs(180))
         .with_retries(9);
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
-}
-
-/// Connects with the ztunnel mark so redirection rules let it through.
-pub async fn connect(
-    dst: SocketAddr,
-    mark: Option<u32>,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
-    let socket = if dst.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(mark) = mark {
-        socket2::SockRef::from(&socket).set_mark(mark)?;
-    }
-    let stream = tokio::time::timeout(timeout, socket.connect(dst))
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connect to {dst} timed out"),
-            )
-        })??;
-    tune(&stream);
-    Ok(stream)
-}
-
-/// The HBONE pool's dialer: marked sockets.
-#[derive(Debug, Clone)]
-pub struct MarkedDialer {
-    pub mark: Option<u32>,
-    pub timeout: Duration,
-}
-
-impl mesh_core::hbone::Dialer for MarkedDialer {
-    fn dial(
-        &self,
-        destination: SocketAddr,
-        _source_ip: Option<IpAddr>,
-    ) -> BoxFuture<'_, io::Result<TcpStream>> {
-        Box::pin(connect(destination, self.mark, self.timeout))
-    }
 }

@@ -5,6 +5,7 @@
 //! field and the line.
 
 mod duration;
+mod inpod;
 pub mod model;
 mod xds;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use duration::HumanDuration;
+pub use inpod::InpodConfig;
 pub use model::*;
 pub use xds::XdsConfig;
 
@@ -41,7 +43,12 @@ pub struct Config {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProxyConfig {
     /// `namespace/name` of the workload this ztunnel serves (dedicated mode).
-    pub workload: WorkloadRef,
+    #[serde(default)]
+    pub workload: Option<WorkloadRef>,
+    /// Serve every pod the node agent hands over ZDS, with listeners inside
+    /// each pod's network namespace (shared, in-pod mode).
+    #[serde(default)]
+    pub inpod: Option<InpodConfig>,
     /// Where certificates come from.
     pub certificates: Certificates,
     #[serde(default)]
@@ -330,6 +337,7 @@ impl Config {
             field,
             message,
         };
+        inpod::validate(&self.proxy).map_err(|(field, message)| invalid(field, message))?;
         let certs = &self.proxy.certificates;
         let sources = usize::from(certs.ca.is_some())
             + usize::from(!certs.files.is_empty())

@@ -63,9 +63,16 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(addresses = ?app.addresses, "ztunnel ready to serve");
+        let shutdown = app.shutdown();
         tokio::spawn(on_signals(app.shutdown()));
         app.run().await;
-        ExitCode::SUCCESS
+        match shutdown.failure() {
+            Some(reason) => {
+                eprintln!("ztunnel: {reason}");
+                ExitCode::FAILURE
+            }
+            None => ExitCode::SUCCESS,
+        }
     })
 }
 

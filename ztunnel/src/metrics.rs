@@ -125,6 +125,14 @@ pub struct Metrics {
     /// Streams refused for their shape (method, authority, unknown target).
     pub malformed_requests: Family<ReasonLabels, Counter>,
     pub sockets_open: Gauge,
+    /// In-pod mode: pods served, pods whose proxy failed to start, and proxies
+    /// started and stopped (Istio's `workload_manager_*`).
+    pub pods_active: Gauge,
+    pub pods_pending: Gauge,
+    pub pods_started: Counter,
+    pub pods_stopped: Counter,
+    /// In-pod mode: 1 while connected to the node agent.
+    pub zds_connected: Gauge,
 }
 
 impl Metrics {
@@ -171,6 +179,31 @@ impl Metrics {
             "hbone_malformed_requests",
             "HBONE streams refused for a bad method, authority or target",
             m.malformed_requests.clone(),
+        );
+        ambit.register(
+            "zds_connected",
+            "1 while connected to the node agent's ZDS socket (in-pod mode)",
+            m.zds_connected.clone(),
+        );
+        registry.register(
+            "workload_manager_active_proxy_count",
+            "Pods served (in-pod mode)",
+            m.pods_active.clone(),
+        );
+        registry.register(
+            "workload_manager_pending_proxy_count",
+            "Pods whose proxy failed to start and is retried (in-pod mode)",
+            m.pods_pending.clone(),
+        );
+        registry.register(
+            "workload_manager_proxies_started",
+            "Pod proxies started (in-pod mode)",
+            m.pods_started.clone(),
+        );
+        registry.register(
+            "workload_manager_proxies_stopped",
+            "Pod proxies stopped (in-pod mode)",
+            m.pods_stopped.clone(),
         );
         std::sync::Arc::new(m)
     }

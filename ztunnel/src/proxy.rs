@@ -3,12 +3,13 @@
 //! module carries them out, counts and logs.
 
 pub mod inbound;
+pub mod listeners;
 pub mod outbound;
 pub mod plain;
 pub mod plaintext;
 pub mod route;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,28 +20,77 @@ use tokio::net::TcpListener;
 
 use crate::config::WorkloadRef;
 use crate::metrics::{Metrics, TrafficLabels};
+use crate::sockets::SocketFactory;
 use crate::state::{StateStore, WorkloadEntry};
 
-/// Everything the proxies share.
+/// Everything the proxies of one served workload share: the dedicated
+/// ztunnel's one workload, or one pod in in-pod mode.
 #[derive(Debug)]
 pub struct Proxy {
     pub state: Arc<StateStore>,
     pub certs: Arc<CertStore>,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
-    /// The workload this (dedicated) ztunnel serves.
-    pub local: WorkloadRef,
-    pub mark: Option<u32>,
+    pub local: LocalWorkload,
+    /// Where upstream sockets are created (the pod's netns in in-pod mode).
+    pub sockets: SocketFactory,
+    /// Connect to apps from the client's own address (in-pod mode).
+    pub original_source: bool,
     pub connect_timeout: Duration,
 }
 
+/// The served workload: found in the state by namespace and name; in in-pod
+/// mode the node agent's description stands in until the control plane
+/// knows the pod (a new pod's first connections come before that).
+#[derive(Debug, Clone)]
+pub struct LocalWorkload {
+    pub name: WorkloadRef,
+    /// In-pod mode: the pod as ZDS described it (identity, no addresses).
+    pub announced: Option<Arc<WorkloadEntry>>,
+}
+
 impl Proxy {
-    /// The local workload in the current state.
-    pub fn local_workload(&self) -> Option<Arc<WorkloadEntry>> {
-        self.state
-            .load()
-            .workload_named(&self.local.namespace, &self.local.name)
+    /// The local workload in the current state, or as announced. `pod_ip` is
+    /// an address of the pod seen on the connection (in-pod mode), used when
+    /// the model knows the pod by address but not by the announced name.
+    pub fn local_workload(&self, pod_ip: IpAddr) -> Option<Arc<WorkloadEntry>> {
+        let state = self.state.load();
+        let by_name = state.workload_named(&self.local.name.namespace, &self.local.name.name);
+        let Some(announced) = &self.local.announced else {
+            return by_name.cloned();
+        };
+        // A record of another identity is not this pod (spec 3.5).
+        let ours = |w: &&Arc<WorkloadEntry>| w.identity == announced.identity;
+        by_name
+            .filter(ours)
+            .or_else(|| state.workload_by_ip(pod_ip).filter(ours))
             .cloned()
+            .or_else(|| Some(announced.clone()))
+    }
+
+    /// Whether `target` (a CONNECT authority or original destination reached
+    /// on `local`, the accepting socket's address) is this workload. In a pod's
+    /// netns the listener's own address is the pod's, known before xDS has it.
+    pub fn is_local_target(
+        &self,
+        local: &WorkloadEntry,
+        target: SocketAddr,
+        accepted_on: IpAddr,
+    ) -> bool {
+        local.spec.addresses.contains(&target.ip())
+            || (self.local.announced.is_some() && target.ip() == accepted_on)
+    }
+
+    /// Connects to the app at `target` for a client at `client`.
+    pub async fn connect_app(
+        &self,
+        target: SocketAddr,
+        client: IpAddr,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        let source = self.original_source.then_some(client);
+        self.sockets
+            .connect(target, source, self.connect_timeout)
+            .await
     }
 }
 

@@ -240,3 +240,103 @@ async fn a_refusing_ca_fails_start_up_with_the_address_named() {
         "{err}"
     );
 }
+
+/// In-pod mode: an added pod's certificate is asked for with ztunnel's own
+/// token and the pod's identity as `ImpersonatedIdentity`, before the Add is
+/// ACKed; a CA that refuses turns the Add into a NACK naming the pod.
+#[tokio::test]
+async fn inpod_pods_get_impersonated_certificates_before_their_add_is_acked() {
+    use mesh_api::istio::workload::zds::{
+        AddWorkload, WorkloadInfo, WorkloadRequest, WorkloadResponse, workload_request,
+        workload_response,
+    };
+    use std::os::fd::AsRawFd;
+
+    mesh_testkit::require_root();
+    let mesh_root = Arc::new(CertificateAuthority::generate("mesh").unwrap());
+    let serving_root = CertificateAuthority::generate("serving").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root_file = dir.path().join("istiod-root.pem");
+    std::fs::write(&root_file, serving_root.root_pem()).unwrap();
+    let scripted = ScriptedCa {
+        ca: mesh_root.clone(),
+        seen: Arc::default(),
+    };
+    let ca_server = serve(scripted.clone(), &serving_root).await;
+    let socket = dir.path().join("zds.sock");
+    let agent = mesh_core::zds::ZdsListener::bind(&socket).unwrap();
+    let add = |token: &str| {
+        let mut config = config(ca_server.addr, &root_file);
+        config.workloads.clear();
+        config.proxy.workload = None;
+        config.proxy.packet_mark = Some(1337);
+        config.proxy.listeners = Default::default();
+        config.proxy.listeners.admin = "127.0.0.1:0".parse().unwrap();
+        config.proxy.listeners.metrics = "127.0.0.1:0".parse().unwrap();
+        config.proxy.listeners.readiness = "127.0.0.1:0".parse().unwrap();
+        config.proxy.inpod =
+            Some(serde_yaml::from_str(&format!("{{socket: {}}}", socket.display())).unwrap());
+        config
+            .proxy
+            .certificates
+            .control_plane
+            .as_mut()
+            .unwrap()
+            .token = Some(token.into());
+        config
+    };
+
+    for (token, pod_name, expected) in [
+        (TOKEN, "web", ""),
+        (
+            "wrong",
+            "db",
+            "pod default/db: no certificate for spiffe://cluster.local/ns/default/sa/db",
+        ),
+    ] {
+        let pod = mesh_testkit::Netns::new(pod_name).unwrap();
+        let app = App::build(add(token), LogControl::detached())
+            .await
+            .unwrap();
+        let shutdown = app.shutdown();
+        let running = tokio::spawn(app.run());
+        let conn = tokio::time::timeout(Duration::from_secs(10), agent.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        conn.recv().await.unwrap();
+        let netns = std::fs::File::open(pod.path()).unwrap();
+        let request = WorkloadRequest {
+            payload: Some(workload_request::Payload::Add(AddWorkload {
+                uid: format!("uid-{pod_name}"),
+                workload_info: Some(WorkloadInfo {
+                    name: pod_name.into(),
+                    namespace: "default".into(),
+                    service_account: pod_name.into(),
+                }),
+            })),
+        };
+        conn.send(&request, Some(netns.as_raw_fd())).await.unwrap();
+        let response: WorkloadResponse = tokio::time::timeout(Duration::from_secs(10), conn.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .decode("WorkloadResponse")
+            .unwrap();
+        let Some(workload_response::Payload::Ack(ack)) = response.payload else {
+            panic!("no Ack: {response:?}");
+        };
+        assert!(ack.error.contains(expected), "{pod_name}: {:?}", ack.error);
+        assert_eq!(ack.error.is_empty(), expected.is_empty(), "{:?}", ack.error);
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(20), running)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let web = "spiffe://cluster.local/ns/default/sa/web".to_string();
+    assert_eq!(
+        scripted.seen.lock().unwrap().as_slice(),
+        &[(web.clone(), Some(web))]
+    );
+}

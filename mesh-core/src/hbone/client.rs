@@ -164,10 +164,29 @@ impl Pool {
         key: &PoolKey,
         req: ConnectRequest,
     ) -> Result<(Tunnel, HeaderMap), HboneError> {
-        let (conn, slot) = match self.checkout(key) {
-            Some(found) => found,
-            None => self.open(key).await?,
-        };
+        if let Some((conn, slot)) = self.checkout(key) {
+            match self.request(&conn, slot, key, req.clone()).await {
+                Err(HboneError::Stream(e)) if not_processed(&e) => {
+                    // The peer is closing this connection (a draining proxy's
+                    // GOAWAY) and never saw the request: one more try on a
+                    // new connection, so a peer's hand-over fails nothing.
+                    conn.closed.store(true, Ordering::Release);
+                    tracing::debug!(destination = %key.destination, error = %e, "pooled HBONE connection going away; retrying on a new one");
+                }
+                done => return done,
+            }
+        }
+        let (conn, slot) = self.open(key).await?;
+        self.request(&conn, slot, key, req).await
+    }
+
+    async fn request(
+        &self,
+        conn: &Conn,
+        slot: StreamSlot,
+        key: &PoolKey,
+        req: ConnectRequest,
+    ) -> Result<(Tunnel, HeaderMap), HboneError> {
         let mut send = conn.send.clone();
         let mut request = Request::builder()
             .method(Method::CONNECT)
@@ -342,6 +361,13 @@ impl Pool {
             .push(conn.clone());
         Ok((conn, slot))
     }
+}
+
+/// Whether a stream failed because the peer refused it unprocessed: a
+/// GOAWAY that left it out, or REFUSED_STREAM (RFC 9113, 8.7), so that
+/// sending it again cannot do anything twice.
+fn not_processed(e: &h2::Error) -> bool {
+    (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -33,7 +33,7 @@ authorizationPolicies:
 #[test]
 fn parses_a_full_file_and_fills_defaults() {
     let c = Config::parse(MINIMAL).unwrap();
-    assert_eq!(c.proxy.workload.namespace, "default");
+    assert_eq!(c.proxy.workload.as_ref().unwrap().namespace, "default");
     assert_eq!(c.workloads[0].uid, "Kubernetes//Pod/default/server");
     assert_eq!(c.services[0].hostname, "echo.default.svc.cluster.local");
     assert_eq!(c.proxy.packet_mark, Some(0x539));
@@ -309,4 +309,88 @@ fn bad_xds_settings_name_the_field() {
         let e = Config::parse(&text).unwrap_err().to_string();
         assert!(e.contains(expected), "{e:?} lacks {expected:?}");
     }
+}
+
+const INPOD: &str = "
+proxy:
+  inpod: {socket: /run/zds.sock}
+  certificates:
+    controlPlane:
+      address: https://istiod.istio-system.svc:15012
+      rootCert: root.pem
+      impersonate: true
+";
+
+#[test]
+fn inpod_mode_parses_with_defaults() {
+    let c = Config::parse(INPOD).unwrap();
+    let inpod = c.proxy.inpod.as_ref().unwrap();
+    assert_eq!(inpod.socket, PathBuf::from("/run/zds.sock"));
+    assert_eq!(inpod.trust_domain, "cluster.local");
+    assert!(inpod.original_source);
+    assert_eq!(c.proxy.packet_mark, Some(1337));
+    let c =
+        Config::parse("proxy:\n  inpod: {}\n  certificates: {ca: {cert: r, key: k}}\n").unwrap();
+    assert_eq!(
+        c.proxy.inpod.unwrap().socket,
+        PathBuf::from("/var/run/ztunnel/ztunnel.sock")
+    );
+}
+
+#[test]
+fn inpod_settings_that_cannot_serve_pods_name_the_field() {
+    let cases = [
+        (
+            INPOD.replace("  inpod:", "  workload: default/server\n  inpod:"),
+            "proxy.workload: must be absent with proxy.inpod",
+        ),
+        (
+            INPOD.replace("impersonate: true", "impersonate: false"),
+            "proxy.certificates.controlPlane.impersonate: must be true",
+        ),
+        (
+            INPOD.replace(
+                "    controlPlane:\n      address: https://istiod.istio-system.svc:15012\n      rootCert: root.pem\n      impersonate: true",
+                "    files: [{cert: c, key: k, roots: r}]",
+            ),
+            "proxy.certificates.files",
+        ),
+        (
+            format!("{INPOD}  packetMark: null\n"),
+            "proxy.packetMark: must be set",
+        ),
+        (
+            format!("{INPOD}  listeners: {{outbound: '[::]:0'}}\n"),
+            "proxy.listeners.outbound: port 0",
+        ),
+        (
+            format!("{INPOD}  listeners: {{inbound: '10.0.0.1:15008'}}\n"),
+            "proxy.listeners.inbound: 10.0.0.1:15008",
+        ),
+        (
+            INPOD.replace("socket: /run/zds.sock", "socket: ''"),
+            "proxy.inpod.socket: must not be empty",
+        ),
+        (
+            INPOD.replace("socket: /run/zds.sock", "trustDomain: 'a/b'"),
+            "proxy.inpod.trustDomain",
+        ),
+        (
+            INPOD.replace("  inpod: {socket: /run/zds.sock}\n", ""),
+            "proxy.workload: set the workload",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = Config::parse(&text).unwrap_err().to_string();
+        assert!(e.contains(expected), "{e:?} lacks {expected:?}");
+    }
+}
+
+#[test]
+fn an_inpod_config_survives_a_yaml_round_trip() {
+    let c = Config::parse(INPOD).unwrap();
+    let yaml = serde_yaml::to_string(&c).unwrap();
+    let again = Config::parse(&yaml).unwrap();
+    assert!(again.proxy.workload.is_none());
+    assert_eq!(serde_yaml::to_string(&again).unwrap(), yaml);
 }

@@ -25,8 +25,8 @@ impl Handler for Inbound {
         let target = capture::canonical(req.authority);
         let peer = req.peer.clone();
         let Some(local) = proxy
-            .local_workload()
-            .filter(|w| w.spec.addresses.contains(&target.ip()))
+            .local_workload(peer.local.ip())
+            .filter(|w| proxy.is_local_target(w, target, peer.local.ip()))
         else {
             // Not ours: this ztunnel is no open relay.
             Metrics::count_reason(&proxy.metrics.malformed_requests, "unknown_target");
@@ -79,7 +79,8 @@ impl Handler for Inbound {
             record.failed(labels, "DENY", &decision.reason);
             return req.refuse(StatusCode::UNAUTHORIZED);
         }
-        let mut upstream = match capture::connect(target, proxy.mark, proxy.connect_timeout).await {
+        let client_ip = capture::canonical_ip(peer.addr.ip());
+        let mut upstream = match proxy.connect_app(target, client_ip).await {
             Ok(s) => s,
             Err(error) => {
                 record.failed(labels, "CONNECT", &format!("connect to the app: {error}"));

@@ -28,8 +28,8 @@ pub async fn handle(
             return;
         }
     };
-    let Some(source) = proxy.local_workload() else {
-        tracing::warn!(%peer, %dst, workload = ?proxy.local, "the local workload is not in the config; refusing");
+    let Some(source) = proxy.local_workload(peer.ip()) else {
+        tracing::warn!(%peer, %dst, workload = ?proxy.local.name, "the local workload is not in the config; refusing");
         hbone::copy::reset_tcp(&downstream);
         return;
     };
@@ -99,7 +99,11 @@ pub async fn handle(
             }
         }
         Plan::Direct { target, .. } | Plan::Passthrough { target, .. } => {
-            match capture::connect(target, proxy.mark, proxy.connect_timeout).await {
+            match proxy
+                .sockets
+                .connect(target, None, proxy.connect_timeout)
+                .await
+            {
                 Ok(mut upstream) => {
                     let t = super::plain::splice(&mut downstream, &mut upstream, &drain).await;
                     (t.b_to_a, t.a_to_b, format!("{:?}", t.end), labels)

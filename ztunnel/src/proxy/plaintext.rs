@@ -24,9 +24,13 @@ pub async fn handle(
     let Ok(target) = capture::original_destination(&downstream) else {
         return;
     };
+    let accepted_on = downstream
+        .local_addr()
+        .map(|a| capture::canonical_ip(a.ip()))
+        .unwrap_or(target.ip());
     let Some(local) = proxy
-        .local_workload()
-        .filter(|w| w.spec.addresses.contains(&target.ip()))
+        .local_workload(accepted_on)
+        .filter(|w| proxy.is_local_target(w, target, accepted_on))
     else {
         tracing::info!(%peer, %target, "plaintext connection to an address that is not a local workload; closing");
         reset_tcp(&downstream);
@@ -67,7 +71,7 @@ pub async fn handle(
         reset_tcp(&downstream);
         return;
     }
-    let mut upstream = match capture::connect(target, proxy.mark, proxy.connect_timeout).await {
+    let mut upstream = match proxy.connect_app(target, peer.ip()).await {
         Ok(s) => s,
         Err(error) => {
             record.failed(labels, "CONNECT", &format!("connect to the app: {error}"));
