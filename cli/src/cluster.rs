@@ -1,0 +1,549 @@
+//! The local cluster runner behind `ambit up` and `ambit down`, used as is
+//! by the integration tests and benchmarks.
+//!
+//! `Cluster::up(dir, options)`: read the directory (`spec`), plan every
+//! name and address (`plan`, pure), then make it, journalling each thing
+//! before going on (`journal`): the fabric and node namespaces (`network`),
+//! istiod-lite and per node a node agent and a ztunnel (`mesh`), then the
+//! pod runner process (`kubelet`) that wires each pod through the CNI
+//! plugins (`cni`) and starts its command, and publishes pod status
+//! (`pod_status`) and ClusterIP rules (`services`). `up` returns once every
+//! pod runs, or fails naming the pods still pending and why.
+//!
+//! `Cluster::down(state_dir)` undoes all the journal names, in an order that
+//! lets each step succeed (runner, pods, CNI DEL, mesh, namespaces, files),
+//! also after `up` or the runner crashed.
+
+pub mod cni;
+pub mod journal;
+pub mod kubelet;
+pub mod mesh;
+pub mod network;
+pub mod plan;
+pub mod pod_status;
+pub mod probe;
+pub mod process;
+pub mod progress;
+pub mod services;
+pub mod spec;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use plan::{Plan, PlanError, PlanOptions};
+pub use spec::{ClusterSpec, SpecError};
+
+use journal::{Journal, JournalError, Record, Role};
+use pod_status::{Phase, PodState};
+use process::{Launch, ProcessError};
+use progress::Progress;
+
+/// Where clusters keep their state unless told otherwise.
+pub const DEFAULT_STATE_ROOT: &str = "/var/run/ambit";
+/// The list of status files present before `up`, kept by `down`.
+const STATUS_BEFORE_FILE: &str = "status-files-before.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("`ambit up` needs root (network namespaces, CNI plugins); run it with sudo")]
+    NotRoot,
+    #[error(
+        "cluster {name} is already up (state in {}); run `ambit down{}` first",
+        state_dir.display(),
+        if name == "ambit" { String::new() } else { format!(" --name {name}") }
+    )]
+    AlreadyUp { name: String, state_dir: PathBuf },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "binary {name} not found in {}; build it (`cargo build -p {package}`) or set AMBIT_BIN_DIR",
+        dir.display()
+    )]
+    MissingBinary {
+        name: String,
+        package: String,
+        dir: PathBuf,
+    },
+    #[error("{0}")]
+    NotReady(String),
+    #[error(
+        "{} pod(s) not running after {waited:?}; the pod runner keeps retrying (see `ambit status`):\n  {}",
+        pending.len(),
+        pending.join("\n  ")
+    )]
+    PodsPending {
+        waited: Duration,
+        pending: Vec<String>,
+    },
+}
+
+impl UpError {
+    fn file(path: &Path, source: std::io::Error) -> UpError {
+        UpError::File {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownError {
+    #[error("no cluster state in {}: nothing to take down", .0.display())]
+    NotUp(PathBuf),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where the binaries of the cluster are: `AMBIT_BIN_DIR`, else the
+/// directory of the running executable (or its parent, for test binaries
+/// in `target/<profile>/deps`).
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    pub fn locate() -> Binaries {
+        if let Some(dir) = std::env::var_os("AMBIT_BIN_DIR") {
+            return Binaries { dir: dir.into() };
+        }
+        let exe = std::env::current_exe().unwrap_or_default();
+        let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.ends_with("deps") {
+            dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+        } else {
+            dir
+        };
+        Binaries { dir }
+    }
+
+    pub fn find(&self, name: &str) -> Result<PathBuf, UpError> {
+        let path = self.dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+        let package = match name {
+            "ambit-cni" | "node-agent" => "node-agent",
+            "ambit" => "ambit",
+            other => other,
+        };
+        Err(UpError::MissingBinary {
+            name: name.into(),
+            package: package.into(),
+            dir: self.dir.clone(),
+        })
+    }
+}
+
+/// How to run `up`.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The cluster's name: prefixes its namespaces, names its state dir.
+    pub name: String,
+    /// Default `/var/run/ambit/<name>`.
+    pub state_dir: Option<PathBuf>,
+    /// Run istiod-lite, node agents, ztunnels and `ambit-cni`.
+    pub mesh: bool,
+    pub binaries: Binaries,
+    /// How long `up` waits for every pod to run.
+    pub wait: Duration,
+    pub progress: Progress,
+}
+
+impl ClusterOptions {
+    pub fn new(name: &str) -> ClusterOptions {
+        ClusterOptions {
+            name: name.into(),
+            state_dir: None,
+            mesh: true,
+            binaries: Binaries::locate(),
+            wait: Duration::from_secs(60),
+            progress: Progress::quiet(),
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| default_state_dir(&self.name))
+    }
+}
+
+pub fn default_state_dir(name: &str) -> PathBuf {
+    Path::new(DEFAULT_STATE_ROOT).join(name)
+}
+
+/// A cluster that is up.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    plan: Plan,
+}
+
+impl Cluster {
+    /// Brings up the cluster `dir` describes. Refused if the state dir
+    /// already holds a cluster; on failure, everything made is taken down
+    /// again before the error is returned.
+    pub fn up(dir: &Path, options: &ClusterOptions) -> Result<Cluster, UpError> {
+        if !is_root() {
+            return Err(UpError::NotRoot);
+        }
+        let state_dir = options.state_dir();
+        let journal = Journal::new(&state_dir);
+        if journal.exists() {
+            return Err(UpError::AlreadyUp {
+                name: options.name.clone(),
+                state_dir,
+            });
+        }
+        let spec = ClusterSpec::read(dir)?;
+        let plan = plan::plan(
+            &spec,
+            &PlanOptions {
+                cluster: options.name.clone(),
+                state_dir: state_dir.clone(),
+                mesh: options.mesh,
+            },
+        )?;
+        if options.mesh {
+            for binary in ["istiod-lite", "node-agent", "ztunnel", "ambit-cni"] {
+                options.binaries.find(binary)?;
+            }
+        }
+        options.binaries.find("ambit")?;
+        for sub in [state_dir.join("pods")]
+            .into_iter()
+            .chain(plan.nodes.iter().map(|n| n.dir.clone()))
+        {
+            fs::create_dir_all(&sub).map_err(|e| UpError::file(&sub, e))?;
+        }
+        // The journal exists from here on: a second `up` is refused and
+        // `down` works whatever happens next.
+        journal.append(&Record::File {
+            path: pod_status::status_file_path(&plan),
+        })?;
+        let cluster = Cluster { plan };
+        if let Err(error) = cluster.make(options, &journal) {
+            options.progress.note("taking down what was made");
+            if let Err(e) = Cluster::down(&state_dir, &Progress::quiet()) {
+                options.progress.note(&format!("  {e}"));
+            }
+            return Err(error);
+        }
+        Ok(cluster)
+    }
+
+    fn make(&self, options: &ClusterOptions, journal: &Journal) -> Result<(), UpError> {
+        let plan = &self.plan;
+        let progress = &options.progress;
+        let write = |path: PathBuf, text: String| {
+            fs::write(&path, text).map_err(|e| UpError::file(&path, e))
+        };
+        write(
+            plan::plan_path(&plan.state_dir),
+            serde_json::to_string_pretty(plan).expect("plans serialize"),
+        )?;
+        write(
+            plan.state_dir.join(STATUS_BEFORE_FILE),
+            serde_json::to_string(&status_files(&plan.dir)).expect("paths serialize"),
+        )?;
+        progress.step("fabric", || network::create_fabric(plan, journal))?;
+        for node in &plan.nodes {
+            progress.step(
+                &format!(
+                    "node {} ({}, pods {})",
+                    node.name,
+                    node.address.addr(),
+                    node.pod_cidr
+                ),
+                || network::create_node(plan, node, journal),
+            )?;
+            write(
+                node.dir.join("10-ambit.conflist"),
+                serde_json::to_string_pretty(&cni::conflist(plan, node)).expect("JSON"),
+            )?;
+        }
+        if plan.mesh {
+            mesh::start_istiod(plan, &options.binaries, journal, progress)?;
+            for node in &plan.nodes {
+                mesh::start_node(plan, node, &options.binaries, journal, progress)?;
+            }
+        }
+        let ambit = options.binaries.find("ambit")?;
+        mesh::launch(
+            journal,
+            &Launch {
+                role: Role::Kubelet,
+                name: "pod runner".into(),
+                netns: None,
+                program: &ambit,
+                args: vec![
+                    "kubelet".into(),
+                    "--state-dir".into(),
+                    plan.state_dir.display().to_string(),
+                ],
+                env: vec![(
+                    "AMBIT_BIN_DIR".into(),
+                    options.binaries.dir.display().to_string(),
+                )],
+                log: plan.state_dir.join("kubelet.log"),
+            },
+        )?;
+        progress.step(&format!("{} pod(s) running", plan.pods.len()), || {
+            self.wait_for_pods(options.wait)
+        })
+    }
+
+    /// The cluster whose state is in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Cluster, UpError> {
+        let path = plan::plan_path(state_dir);
+        let text = fs::read_to_string(&path).map_err(|e| UpError::file(&path, e))?;
+        let plan = serde_json::from_str(&text)
+            .map_err(|e| UpError::NotReady(format!("{}: {e}", path.display())))?;
+        Ok(Cluster { plan })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// What the pod runner last published.
+    pub fn pod_states(&self) -> Vec<PodState> {
+        pod_status::read_states(&self.plan.state_dir)
+    }
+
+    /// The running pod's IP.
+    pub fn pod_ip(&self, pod: &str) -> Option<std::net::Ipv4Addr> {
+        self.pod_states()
+            .into_iter()
+            .find(|s| s.pod == pod && s.phase == Phase::Running)
+            .and_then(|s| s.ip)
+    }
+
+    /// Waits until every pod runs, at most `patience`.
+    pub fn wait_for_pods(&self, patience: Duration) -> Result<(), UpError> {
+        let start = Instant::now();
+        let outcome = progress::wait_until("pods running", patience, || {
+            let states = self.pod_states();
+            let running = states.iter().filter(|s| s.phase == Phase::Running).count();
+            if running == self.plan.pods.len() {
+                Ok(())
+            } else {
+                Err(format!("{running} of {} running", self.plan.pods.len()))
+            }
+        });
+        outcome.map_err(|_| {
+            let states = self.pod_states();
+            let pending = self
+                .plan
+                .pods
+                .iter()
+                .filter_map(|p| {
+                    let state = states.iter().find(|s| s.pod == p.key());
+                    match state {
+                        Some(s) if s.phase == Phase::Running => None,
+                        Some(s) => Some(format!(
+                            "{} on {}: {:?} after {} attempt(s): {}",
+                            p.key(),
+                            p.node,
+                            s.phase,
+                            s.attempts,
+                            s.last_error.as_deref().unwrap_or("-")
+                        )),
+                        None => Some(format!("{} on {}: not started", p.key(), p.node)),
+                    }
+                })
+                .collect();
+            UpError::PodsPending {
+                waited: start.elapsed(),
+                pending,
+            }
+        })
+    }
+
+    /// Takes down everything the journal in `state_dir` names. Steps that
+    /// fail are reported and the rest still done; the journal and state dir
+    /// go last, so a `down` interrupted half-way can be run again.
+    pub fn down(state_dir: &Path, progress: &Progress) -> Result<Vec<String>, DownError> {
+        let journal = Journal::new(state_dir);
+        if !journal.exists() {
+            if state_dir.exists() {
+                fs::remove_dir_all(state_dir).map_err(|source| DownError::File {
+                    path: state_dir.to_path_buf(),
+                    source,
+                })?;
+                return Ok(Vec::new());
+            }
+            return Err(DownError::NotUp(state_dir.to_path_buf()));
+        }
+        let records = journal.read()?;
+        let plan: Option<Plan> = fs::read_to_string(plan::plan_path(state_dir))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let mut warnings = Vec::new();
+        let stop_role = |role: Role, deadline: Duration, warnings: &mut Vec<String>| {
+            let processes: Vec<_> = records
+                .iter()
+                .rev()
+                .filter_map(|r| match r {
+                    Record::Process {
+                        role: r,
+                        name,
+                        pid,
+                        start_time,
+                    } if *r == role => Some((name, *pid, *start_time)),
+                    _ => None,
+                })
+                .collect();
+            let count = processes.len();
+            for (name, pid, start) in processes {
+                if process::stop(pid, start, deadline) {
+                    warnings.push(format!(
+                        "{name} (pid {pid}) did not stop within {deadline:?}; killed"
+                    ));
+                }
+            }
+            count
+        };
+        let _ = progress.step("pod runner stopped", || {
+            Ok::<_, String>(stop_role(
+                Role::Kubelet,
+                Duration::from_secs(5),
+                &mut warnings,
+            ))
+        });
+        let _ = progress.step("pods stopped", || {
+            Ok::<_, String>(stop_role(Role::Pod, Duration::from_secs(3), &mut warnings))
+        });
+        if let Some(plan) = &plan {
+            let _ = progress.step("pod networks released (CNI DEL)", || {
+                release_pod_networks(plan, &records, &mut warnings);
+                Ok::<_, String>(())
+            });
+        }
+        let _ = progress.step("mesh stopped", || {
+            Ok::<_, String>(stop_role(Role::Mesh, Duration::from_secs(5), &mut warnings))
+        });
+        let _ = progress.step("namespaces deleted", || {
+            for record in records.iter().rev() {
+                if let Record::Netns { name } = record
+                    && let Err(e) = network::del_netns(name)
+                {
+                    warnings.push(e.to_string());
+                }
+            }
+            Ok::<_, String>(())
+        });
+        for record in &records {
+            if let Record::File { path } = record
+                && let Err(e) = fs::remove_file(path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warnings.push(format!("{}: {e}", path.display()));
+            }
+        }
+        if let Some(plan) = &plan {
+            remove_new_status_files(plan, &mut warnings);
+        }
+        fs::remove_dir_all(state_dir).map_err(|source| DownError::File {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        Ok(warnings)
+    }
+}
+
+fn release_pod_networks(plan: &Plan, records: &[Record], warnings: &mut Vec<String>) {
+    let cni_path = cni::cni_path(&Binaries::locate().dir);
+    let mut seen = std::collections::BTreeSet::new();
+    for record in records.iter().rev() {
+        let Record::Attachment { pod, result } = record else {
+            continue;
+        };
+        if !seen.insert(pod.clone()) {
+            continue;
+        }
+        let Some(pod_plan) = plan.pods.iter().find(|p| p.key() == *pod) else {
+            continue;
+        };
+        let Some(node) = plan.node(&pod_plan.node) else {
+            continue;
+        };
+        if !network::netns_exists(&node.netns) || !network::netns_exists(&pod_plan.netns) {
+            continue;
+        }
+        let list = cni::conflist(plan, node);
+        let netns_path = network::netns_path(&pod_plan.netns);
+        let call = cni::Call {
+            list: &list,
+            pod: pod_plan,
+            pod_netns_path: &netns_path,
+            node_netns: &node.netns,
+            cni_path: &cni_path,
+        };
+        if let Err(e) = call.del(Some(result)) {
+            warnings.push(e.to_string());
+        }
+    }
+}
+
+/// Status files of the cluster directory, for telling later which ones
+/// the cluster's istiod-lite wrote.
+fn status_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(_) if spec::is_status_name(&name) => found.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Removes the status files istiod-lite wrote while the cluster was up.
+fn remove_new_status_files(plan: &Plan, warnings: &mut Vec<String>) {
+    let before: Vec<PathBuf> = fs::read_to_string(plan.state_dir.join(STATUS_BEFORE_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    for path in status_files(&plan.dir) {
+        if !before.contains(&path)
+            && let Err(e) = fs::remove_file(&path)
+        {
+            warnings.push(format!("{}: {e}", path.display()));
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

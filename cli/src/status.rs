@@ -1,0 +1,272 @@
+//! `ambit status`: nodes, pods (node, IP, PID, enrolment as the node agent
+//! and the node's ztunnel see it) and mesh health, gathered from the state
+//! directory and the admin endpoints inside the cluster's namespaces, then
+//! rendered as a table (pure).
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cluster::mesh::{AGENT_ADMIN, ISTIOD_ADMIN, ZTUNNEL_ADMIN, ZTUNNEL_READINESS};
+use crate::cluster::pod_status::Phase;
+use crate::cluster::{Cluster, probe};
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusReport {
+    pub cluster: String,
+    pub health: Vec<(String, Result<(), String>)>,
+    pub nodes: Vec<[String; 3]>,
+    pub pods: Vec<PodRow>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodRow {
+    pub pod: String,
+    pub node: String,
+    pub phase: String,
+    pub ip: String,
+    pub pid: String,
+    /// As the node agent reports it; `None` without a mesh or an answer.
+    pub enrolled: Option<bool>,
+    /// Whether the node's ztunnel has the pod.
+    pub in_ztunnel: Option<bool>,
+    pub note: String,
+}
+
+fn ready(netns: &str, addr: &str, path: &str) -> Result<(), String> {
+    let addr = addr.parse().expect("constant admin addresses");
+    match probe::get(netns, addr, path, PROBE_TIMEOUT) {
+        Ok((200, _)) => Ok(()),
+        Ok((code, body)) => Err(format!("{code} {}", body.trim())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn fetch_json(netns: &str, addr: &str, path: &str) -> Option<Value> {
+    let addr = addr.parse().ok()?;
+    match probe::get(netns, addr, path, PROBE_TIMEOUT) {
+        Ok((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+/// Whether `value` mentions the pod: an object with its namespace and
+/// name, or a string naming `namespace/name` or its uid.
+fn mentions(value: &Value, namespace: &str, name: &str, uid: &str) -> bool {
+    match value {
+        Value::Object(map) => {
+            let field = |k: &str| map.get(k).and_then(Value::as_str);
+            (field("namespace") == Some(namespace) && field("name") == Some(name))
+                || map.iter().any(|(k, v)| {
+                    k == uid
+                        || k == &format!("{namespace}/{name}")
+                        || mentions(v, namespace, name, uid)
+                })
+        }
+        Value::Array(items) => items.iter().any(|v| mentions(v, namespace, name, uid)),
+        Value::String(s) => s == uid || *s == format!("{namespace}/{name}"),
+        _ => false,
+    }
+}
+
+/// Gathers the report; unreachable endpoints show as not ready.
+pub fn collect(cluster: &Cluster) -> StatusReport {
+    let plan = cluster.plan();
+    let mut health = Vec::new();
+    let mut agents = std::collections::BTreeMap::new();
+    let mut ztunnels = std::collections::BTreeMap::new();
+    if plan.mesh {
+        health.push((
+            "istiod-lite".to_string(),
+            ready(&plan.fabric.netns, ISTIOD_ADMIN, "/ready"),
+        ));
+        for node in &plan.nodes {
+            health.push((
+                format!("node-agent {}", node.name),
+                ready(&node.netns, AGENT_ADMIN, "/ready"),
+            ));
+            health.push((
+                format!("ztunnel {}", node.name),
+                ready(&node.netns, ZTUNNEL_READINESS, "/healthz/ready"),
+            ));
+            agents.insert(
+                node.name.clone(),
+                fetch_json(&node.netns, AGENT_ADMIN, "/debug/pods"),
+            );
+            ztunnels.insert(
+                node.name.clone(),
+                fetch_json(&node.netns, ZTUNNEL_ADMIN, "/config_dump"),
+            );
+        }
+    }
+    let states = cluster.pod_states();
+    let pods = plan
+        .pods
+        .iter()
+        .map(|pod| {
+            let state = states.iter().find(|s| s.pod == pod.key());
+            let seen = |dumps: &std::collections::BTreeMap<String, Option<Value>>| {
+                dumps
+                    .get(&pod.node)
+                    .and_then(Option::as_ref)
+                    .map(|v| mentions(v, &pod.namespace, &pod.name, &pod.uid))
+            };
+            PodRow {
+                pod: pod.key(),
+                node: pod.node.clone(),
+                phase: state.map_or("Unknown".into(), |s| format!("{:?}", s.phase)),
+                ip: state
+                    .and_then(|s| s.ip)
+                    .map_or("-".into(), |ip| ip.to_string()),
+                pid: state
+                    .filter(|s| s.phase == Phase::Running)
+                    .and_then(|s| s.pid)
+                    .map_or("-".into(), |p| p.to_string()),
+                enrolled: seen(&agents),
+                in_ztunnel: seen(&ztunnels),
+                note: state
+                    .filter(|s| s.phase != Phase::Running)
+                    .and_then(|s| s.last_error.clone())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    StatusReport {
+        cluster: plan.cluster.clone(),
+        health,
+        nodes: plan
+            .nodes
+            .iter()
+            .map(|n| {
+                [
+                    n.name.clone(),
+                    n.address.addr().to_string(),
+                    n.pod_cidr.to_string(),
+                ]
+            })
+            .collect(),
+        pods,
+    }
+}
+
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |out: &mut String, cells: Vec<&str>| {
+        let mut text = String::new();
+        for (cell, w) in cells.iter().zip(&widths) {
+            let _ = write!(text, "{cell:<w$}  ");
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(out, header.to_vec());
+    for row in rows {
+        line(out, row.iter().map(String::as_str).collect());
+    }
+}
+
+fn yes_no(v: Option<bool>) -> String {
+    match v {
+        Some(true) => "yes".into(),
+        Some(false) => "no".into(),
+        None => "-".into(),
+    }
+}
+
+pub fn render(report: &StatusReport) -> String {
+    let mut out = format!("cluster {}\n\n", report.cluster);
+    let nodes: Vec<Vec<String>> = report.nodes.iter().map(|n| n.to_vec()).collect();
+    table(&mut out, &["NODE", "ADDRESS", "POD CIDR"], &nodes);
+    out.push('\n');
+    let pods: Vec<Vec<String>> = report
+        .pods
+        .iter()
+        .map(|p| {
+            vec![
+                p.pod.clone(),
+                p.node.clone(),
+                p.phase.clone(),
+                p.ip.clone(),
+                p.pid.clone(),
+                yes_no(p.enrolled),
+                yes_no(p.in_ztunnel),
+                p.note.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        &[
+            "POD", "NODE", "PHASE", "IP", "PID", "ENROLLED", "ZTUNNEL", "NOTE",
+        ],
+        &pods,
+    );
+    if !report.health.is_empty() {
+        out.push('\n');
+        let health: Vec<Vec<String>> = report
+            .health
+            .iter()
+            .map(|(name, r)| match r {
+                Ok(()) => vec![name.clone(), "ready".into(), String::new()],
+                Err(e) => vec![name.clone(), "NOT READY".into(), e.clone()],
+            })
+            .collect();
+        table(&mut out, &["COMPONENT", "HEALTH", "DETAIL"], &health);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn finds_a_pod_by_name_key_or_uid() {
+        let dump = json!({"pods": [{"namespace": "a", "name": "web", "uid": "u1"}]});
+        assert!(mentions(&dump, "a", "web", "zz"));
+        assert!(!mentions(&dump, "b", "web", "zz"));
+        assert!(mentions(&json!({"u2": {}}), "x", "y", "u2"));
+        assert!(mentions(&json!(["a/web"]), "a", "web", "u"));
+    }
+
+    #[test]
+    fn renders_aligned_tables() {
+        let report = StatusReport {
+            cluster: "c".into(),
+            health: vec![
+                ("istiod-lite".into(), Ok(())),
+                ("ztunnel n1".into(), Err("503".into())),
+            ],
+            nodes: vec![["n1".into(), "10.255.0.10".into(), "10.244.0.0/24".into()]],
+            pods: vec![PodRow {
+                pod: "a/web".into(),
+                node: "n1".into(),
+                phase: "Running".into(),
+                ip: "10.244.0.2".into(),
+                pid: "42".into(),
+                enrolled: Some(true),
+                in_ztunnel: None,
+                note: String::new(),
+            }],
+        };
+        let text = render(&report);
+        assert!(
+            text.contains("NODE  ADDRESS      POD CIDR\nn1    10.255.0.10  10.244.0.0/24\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a/web  n1    Running  10.244.0.2  42   yes       -"),
+            "{text}"
+        );
+        assert!(text.contains("ztunnel n1   NOT READY  503"), "{text}");
+    }
+}

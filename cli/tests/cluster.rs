@@ -1,0 +1,289 @@
+//! `ambit up` / `ambit down` with real namespaces and the real CNI plugins
+//! (root): pods on two nodes reach each other by pod IP and by ClusterIP,
+//! status reaches the registry, and `down` leaves nothing, also after the
+//! pod runner was killed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ambit::cluster::journal::{Journal, Record, Role};
+use ambit::cluster::pod_status::STATUS_FILE;
+use ambit::cluster::progress::Progress;
+use ambit::cluster::{Binaries, Cluster, ClusterOptions, UpError, process};
+use anyhow::{Context, Result, bail};
+use mesh_testkit::{eventually, require_root};
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/two-nodes");
+
+fn unique_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{}x{}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_ambit"))
+        .parent()
+        .expect("a directory")
+        .to_path_buf()
+}
+
+/// A copy of the example directory, and options for a cluster without the
+/// mesh in a private state dir.
+struct Setup {
+    _temp: tempfile::TempDir,
+    dir: PathBuf,
+    options: ClusterOptions,
+}
+
+/// Takes the cluster down if a test failed before it did.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let state = self.options.state_dir();
+        if state.exists() {
+            let _ = Cluster::down(&state, &Progress::quiet());
+        }
+    }
+}
+
+fn setup() -> Result<Setup> {
+    require_root();
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().join("cluster");
+    std::fs::create_dir(&dir)?;
+    for entry in std::fs::read_dir(EXAMPLE)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), dir.join(entry.file_name()))?;
+    }
+    let mut options = ClusterOptions::new(&unique_name());
+    options.state_dir = Some(temp.path().join("state"));
+    options.mesh = false;
+    options.binaries = Binaries { dir: bin_dir() };
+    options.wait = Duration::from_secs(60);
+    Ok(Setup {
+        _temp: temp,
+        dir,
+        options,
+    })
+}
+
+fn netns_list() -> Result<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn exec_in(netns: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(args)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Checks that nothing of the cluster is left: namespaces, state, status
+/// file, processes.
+fn assert_nothing_left(setup: &Setup, processes: &[(u32, u64)]) -> Result<()> {
+    let prefix = format!("ambit-{}-", setup.options.name);
+    let list = netns_list()?;
+    if list.lines().any(|l| l.starts_with(&prefix)) {
+        bail!("namespaces left behind:\n{list}");
+    }
+    if setup.options.state_dir().exists() {
+        bail!("state dir left behind");
+    }
+    if setup.dir.join(STATUS_FILE).exists() {
+        bail!("status file left behind");
+    }
+    for (pid, start) in processes {
+        if process::is_running(*pid, *start) {
+            bail!("process {pid} still runs");
+        }
+    }
+    Ok(())
+}
+
+fn recorded_processes(state: &Path) -> Result<Vec<(Role, u32, u64)>> {
+    Ok(Journal::new(state)
+        .read()?
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Process {
+                role,
+                pid,
+                start_time,
+                ..
+            } => Some((role, pid, start_time)),
+            _ => None,
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_on_two_nodes_talk_by_pod_ip_and_cluster_ip_and_down_leaves_nothing() -> Result<()> {
+    let setup = setup()?;
+    let cluster = Cluster::up(&setup.dir, &setup.options).context("ambit up")?;
+    let plan = cluster.plan().clone();
+    assert_eq!(plan.nodes.len(), 2);
+
+    let server_ip = cluster
+        .pod_ip("server/server")
+        .context("the server pod has an IP")?;
+    let client_ip = cluster
+        .pod_ip("client/client")
+        .context("the client pod has an IP")?;
+    assert!(plan.nodes[1].pod_cidr.contains(&server_ip), "{server_ip}");
+    assert!(plan.nodes[0].pod_cidr.contains(&client_ip), "{client_ip}");
+
+    // Pod A to pod B across the fabric, by pod IP; the server sees the
+    // client's own address (no masquerading).
+    let client_netns = &plan.pods.iter().find(|p| p.name == "client").unwrap().netns;
+    let ambit = env!("CARGO_BIN_EXE_ambit");
+    let target = format!("{server_ip}:8080");
+    let out = exec_in(
+        client_netns,
+        &[
+            ambit, "app", "client", "--target", &target, "--count", "1", "--name", "t",
+        ],
+    )?;
+    assert!(
+        out.starts_with(&format!(
+            "ok {target} server got \"hello from t\" from {client_ip}:"
+        )),
+        "{out}"
+    );
+
+    // The client pod's own process calls the Service's ClusterIP.
+    let log = plan.state_dir.join("pods/client.client.log");
+    eventually(
+        "the client pod reaches the service",
+        Duration::from_secs(20),
+        || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log)?;
+                if text
+                    .lines()
+                    .any(|l| l.starts_with("ok 10.96.0.10:80 server got"))
+                {
+                    Ok(())
+                } else {
+                    bail!("client log so far:\n{text}")
+                }
+            }
+        },
+    )
+    .await?;
+
+    // The registry sees pod status as a kubelet would have written it.
+    let registry = mesh_registry::Registry::new();
+    mesh_registry::dir::DirSource::new(&setup.dir, registry.clone())?.load();
+    let store = registry.snapshot();
+    let server = store
+        .pods
+        .get(&mesh_registry::model::NamespacedName::new(
+            "server", "server",
+        ))
+        .context("server pod in the registry")?;
+    let status = server.status.clone().context("server pod status")?;
+    assert_eq!(status.pod_ip, Some(server_ip.to_string()));
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(
+        status.host_ip,
+        Some(plan.nodes[1].address.addr().to_string())
+    );
+    assert_eq!(
+        server.metadata.uid.as_deref(),
+        Some(
+            plan.pods
+                .iter()
+                .find(|p| p.name == "server")
+                .unwrap()
+                .uid
+                .as_str()
+        )
+    );
+
+    // A second `up` with the same state is refused.
+    match Cluster::up(&setup.dir, &setup.options) {
+        Err(UpError::AlreadyUp { .. }) => {}
+        other => bail!("expected AlreadyUp, got {other:?}"),
+    }
+
+    let processes: Vec<(u32, u64)> = recorded_processes(&plan.state_dir)?
+        .into_iter()
+        .map(|(_, pid, start)| (pid, start))
+        .collect();
+    assert_eq!(processes.len(), 3, "pod runner and two pods");
+    let warnings = Cluster::down(&plan.state_dir, &Progress::quiet())?;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_nothing_left(&setup, &processes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn down_cleans_up_after_the_pod_runner_was_killed() -> Result<()> {
+    let setup = setup()?;
+    let cluster = Cluster::up(&setup.dir, &setup.options).context("ambit up")?;
+    let state = cluster.plan().state_dir.clone();
+    let processes = recorded_processes(&state)?;
+    // The runner dies without any chance to clean up; its pods run on.
+    for (role, pid, start) in &processes {
+        if *role == Role::Kubelet {
+            Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()?;
+            eventually(
+                "the runner is gone",
+                Duration::from_secs(5),
+                || async move {
+                    if process::is_running(*pid, *start) {
+                        bail!("still running")
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+    }
+    assert!(
+        processes
+            .iter()
+            .filter(|(role, _, _)| *role == Role::Pod)
+            .all(|(_, pid, start)| process::is_running(*pid, *start))
+    );
+    drop(cluster);
+
+    // `ambit down` as a user runs it, from the state alone.
+    let out = Command::new(env!("CARGO_BIN_EXE_ambit"))
+        .args(["down", "--name", &setup.options.name, "--state-dir"])
+        .arg(&state)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: Vec<(u32, u64)> = processes.iter().map(|(_, p, s)| (*p, *s)).collect();
+    assert_nothing_left(&setup, &all)
+}
+
+#[test]
+fn a_pod_on_an_unknown_node_is_refused_before_anything_is_made() -> Result<()> {
+    let setup = setup()?;
+    std::fs::write(
+        setup.dir.join("stray.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: stray}\nspec: {nodeName: node-9, containers: [{name: c, command: [x]}]}\n",
+    )?;
+    let error = Cluster::up(&setup.dir, &setup.options).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("pod default/stray: spec.nodeName \"node-9\" is not a Node"),
+        "{error}"
+    );
+    assert_nothing_left(&setup, &[])
+}
