@@ -199,9 +199,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Brings up the cluster `dir` describes. Refused if the state dir
-    /// already holds a cluster; on failure, everything made is taken down
-    /// again before the error is returned.
+    /// Brings up the cluster `dir` describes and waits for its pods. Refused
+    /// if the state dir already holds a cluster. If making the nodes or the
+    /// mesh fails, everything made is taken down again before the error is
+    /// returned; pods still pending after `options.wait` are an error
+    /// (`PodsPending`) that leaves the cluster up, the runner retrying them.
     pub fn up(dir: &Path, options: &ClusterOptions) -> Result<Cluster, UpError> {
         if !is_root() {
             return Err(UpError::NotRoot);
@@ -248,6 +250,12 @@ impl Cluster {
             }
             return Err(error);
         }
+        // Pods that do not come up leave the cluster up: the runner keeps
+        // retrying them, as a kubelet would, and `ambit status` says why.
+        options.progress.step(
+            &format!("{} pod(s) running", cluster.plan.pods.len()),
+            || cluster.wait_for_pods(options.wait),
+        )?;
         Ok(cluster)
     }
 
@@ -307,9 +315,7 @@ impl Cluster {
                 log: plan.state_dir.join("kubelet.log"),
             },
         )?;
-        progress.step(&format!("{} pod(s) running", plan.pods.len()), || {
-            self.wait_for_pods(options.wait)
-        })
+        Ok(())
     }
 
     /// The cluster whose state is in `state_dir`.

@@ -287,3 +287,87 @@ fn a_pod_on_an_unknown_node_is_refused_before_anything_is_made() -> Result<()> {
     );
     assert_nothing_left(&setup, &[])
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_whose_cni_add_fails_stays_pending_retried_and_reported() -> Result<()> {
+    let mut setup = setup()?;
+    // node-1's /30 holds the gateway and one pod: a second pod there gets
+    // no address from host-local, as a node whose pod CIDR is exhausted.
+    std::fs::write(
+        setup.dir.join("nodes.yaml"),
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\nspec: {podCIDR: 10.244.0.0/29}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: node-2}\n",
+    )?;
+    let mut pods = String::new();
+    for i in 0..6 {
+        pods.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: extra-{i}, namespace: client}}\nspec: {{nodeName: node-1, containers: [{{name: c, command: [ambit, app, server, --port, '9000']}}]}}\n"
+        ));
+    }
+    std::fs::write(setup.dir.join("extra.yaml"), pods)?;
+    setup.options.wait = Duration::from_secs(4);
+    let error = match Cluster::up(&setup.dir, &setup.options) {
+        Err(e @ UpError::PodsPending { .. }) => e,
+        other => bail!("expected PodsPending, got {other:?}"),
+    };
+    let UpError::PodsPending { pending, .. } = &error else {
+        unreachable!()
+    };
+    // Seven pods on a /29 (five usable addresses after the gateway): two
+    // wait, each retried with the plugin's own words.
+    assert_eq!(pending.len(), 2, "{error}");
+    for line in pending {
+        assert!(line.contains("on node-1: Pending after"), "{line}");
+        assert!(line.contains("ADD bridge"), "{line}");
+        let attempts: u32 = line
+            .split(" after ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .context("attempt count")?;
+        assert!(attempts >= 2, "{line}");
+    }
+    // The cluster stays up; its status file says why the pods wait.
+    let status = std::fs::read_to_string(setup.dir.join(STATUS_FILE))?;
+    assert!(status.contains("phase: Pending"), "{status}");
+    let state = setup.options.state_dir();
+    let processes: Vec<(u32, u64)> = recorded_processes(&state)?
+        .into_iter()
+        .map(|(_, pid, start)| (pid, start))
+        .collect();
+    Cluster::down(&state, &Progress::quiet())?;
+    assert_nothing_left(&setup, &processes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pod_runner_stops_at_sigterm_and_its_pods_run_on() -> Result<()> {
+    let setup = setup()?;
+    let cluster = Cluster::up(&setup.dir, &setup.options).context("ambit up")?;
+    let processes = recorded_processes(&cluster.plan().state_dir)?;
+    let (_, pid, start) = *processes
+        .iter()
+        .find(|(role, _, _)| *role == Role::Kubelet)
+        .context("the runner is recorded")?;
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    eventually("the runner exits", Duration::from_secs(3), || async move {
+        if process::is_running(pid, start) {
+            bail!("still running")
+        }
+        Ok(())
+    })
+    .await?;
+    let log = std::fs::read_to_string(cluster.plan().state_dir.join("kubelet.log"))?;
+    assert!(
+        log.contains("pod runner stopping; pods keep running"),
+        "{log}"
+    );
+    for (role, pid, start) in &processes {
+        if *role == Role::Pod {
+            assert!(process::is_running(*pid, *start), "pod {pid} stopped");
+        }
+    }
+    let all: Vec<(u32, u64)> = processes.iter().map(|(_, p, s)| (*p, *s)).collect();
+    Cluster::down(&cluster.plan().state_dir, &Progress::quiet())?;
+    assert_nothing_left(&setup, &all)
+}

@@ -55,7 +55,7 @@ pub fn run(plan: &Plan, bin_dir: &Path, stop: &AtomicBool) -> Result<(), Kubelet
         .collect();
     let mut started: BTreeMap<String, process::Started> = BTreeMap::new();
     let mut retries: BTreeMap<String, Retry> = BTreeMap::new();
-    let mut published = String::new();
+    let mut published = (Vec::new(), String::new());
     let mut rules = String::new();
     publish(plan, &states, &mut published)?;
     while !stop.load(Ordering::SeqCst) {
@@ -189,19 +189,28 @@ fn start_pod(
     Ok((ip, process))
 }
 
-fn publish(plan: &Plan, states: &[PodState], last: &mut String) -> Result<(), KubeletError> {
-    let text = pod_status::render_status_file(plan, states);
-    if text == *last {
+/// Writes the runner's view when any state changed (attempt counts too),
+/// and the registry's status file when what it says changed.
+fn publish(
+    plan: &Plan,
+    states: &[PodState],
+    last: &mut (Vec<PodState>, String),
+) -> Result<(), KubeletError> {
+    if last.0 == states {
         return Ok(());
     }
-    let path = pod_status::status_file_path(plan);
-    pod_status::write_atomic(&path, &text)
-        .map_err(|source| KubeletError::Status { path, source })?;
+    let text = pod_status::render_status_file(plan, states);
+    if text != last.1 {
+        let path = pod_status::status_file_path(plan);
+        pod_status::write_atomic(&path, &text)
+            .map_err(|source| KubeletError::Status { path, source })?;
+        last.1 = text;
+    }
     pod_status::write_states(&plan.state_dir, states).map_err(|source| KubeletError::Status {
         path: plan.state_dir.join(pod_status::PODS_FILE),
         source,
     })?;
-    *last = text;
+    last.0 = states.to_vec();
     Ok(())
 }
 
