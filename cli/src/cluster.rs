@@ -448,6 +448,10 @@ impl Cluster {
         let _ = progress.step("mesh stopped", || {
             Ok::<_, String>(stop_role(Role::Mesh, Duration::from_secs(5), &mut warnings))
         });
+        let _ = progress.step("namespaces emptied", || {
+            sweep_namespaces(&records, &mut warnings);
+            Ok::<_, String>(())
+        });
         let _ = progress.step("namespaces deleted", || {
             for record in records.iter().rev() {
                 if let Record::Netns { name } = record
@@ -474,6 +478,30 @@ impl Cluster {
             source,
         })?;
         Ok(warnings)
+    }
+}
+
+/// Kills what still runs inside the cluster's namespaces although the
+/// journal did not name it (started just before a crash, or a pod's own
+/// children), so no namespace is kept alive by a stray process.
+fn sweep_namespaces(records: &[Record], warnings: &mut Vec<String>) {
+    for record in records {
+        let Record::Netns { name } = record else {
+            continue;
+        };
+        let pids = process::pids_in_netns(&network::netns_path(name));
+        for pid in &pids {
+            process::kill(*pid);
+        }
+        for pid in pids {
+            let until = Instant::now() + Duration::from_secs(2);
+            while process::is_alive(pid) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            warnings.push(format!(
+                "process {pid} in namespace {name} was not recorded; killed"
+            ));
+        }
     }
 }
 

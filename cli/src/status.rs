@@ -72,6 +72,24 @@ fn mentions(value: &Value, namespace: &str, name: &str, uid: &str) -> bool {
     }
 }
 
+/// The node agent's `/debug/pods` entry for `pod` (by uid, else by
+/// namespace and name).
+fn agent_pod(
+    agents: &std::collections::BTreeMap<String, Option<Value>>,
+    pod: &crate::cluster::plan::PodPlan,
+) -> Option<Value> {
+    let pods = agents.get(&pod.node)?.as_ref()?.get("pods")?.as_array()?;
+    pods.iter()
+        .find(|p| p.get("uid").and_then(Value::as_str) == Some(pod.uid.as_str()))
+        .or_else(|| {
+            pods.iter().find(|p| {
+                p.get("namespace").and_then(Value::as_str) == Some(pod.namespace.as_str())
+                    && p.get("name").and_then(Value::as_str) == Some(pod.name.as_str())
+            })
+        })
+        .cloned()
+}
+
 /// Gathers the report; unreachable endpoints show as not ready.
 pub fn collect(cluster: &Cluster) -> StatusReport {
     let plan = cluster.plan();
@@ -114,6 +132,7 @@ pub fn collect(cluster: &Cluster) -> StatusReport {
                     .and_then(Option::as_ref)
                     .map(|v| mentions(v, &pod.namespace, &pod.name, &pod.uid))
             };
+            let agent_entry = agent_pod(&agents, pod);
             PodRow {
                 pod: pod.key(),
                 node: pod.node.clone(),
@@ -125,11 +144,23 @@ pub fn collect(cluster: &Cluster) -> StatusReport {
                     .filter(|s| s.phase == Phase::Running)
                     .and_then(|s| s.pid)
                     .map_or("-".into(), |p| p.to_string()),
-                enrolled: seen(&agents),
+                enrolled: match (&agent_entry, agents.get(&pod.node)) {
+                    (Some(entry), _) => entry.get("enrolled").and_then(Value::as_bool),
+                    // The agent answered and does not know the pod.
+                    (None, Some(Some(_))) => Some(false),
+                    (None, _) => None,
+                },
                 in_ztunnel: seen(&ztunnels),
                 note: state
                     .filter(|s| s.phase != Phase::Running)
                     .and_then(|s| s.last_error.clone())
+                    .or_else(|| {
+                        agent_entry
+                            .as_ref()
+                            .and_then(|e| e.get("lastError"))
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                    })
                     .unwrap_or_default(),
             }
         })

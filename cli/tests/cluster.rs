@@ -227,7 +227,34 @@ async fn pods_on_two_nodes_talk_by_pod_ip_and_cluster_ip_and_down_leaves_nothing
 #[tokio::test(flavor = "multi_thread")]
 async fn down_cleans_up_after_the_pod_runner_was_killed() -> Result<()> {
     let setup = setup()?;
+    // A pod whose child leaves its process group: only the sweep of the
+    // pod's namespace finds it.
+    std::fs::write(
+        setup.dir.join("escaping.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: escaping, namespace: server}\nspec: {nodeName: node-2, containers: [{name: c, command: [sh, -c, 'setsid sleep 1000 & exec ambit app server --port 9001']}]}\n",
+    )?;
     let cluster = Cluster::up(&setup.dir, &setup.options).context("ambit up")?;
+    let escaping_netns = ambit::cluster::network::netns_path(
+        &cluster
+            .plan()
+            .pods
+            .iter()
+            .find(|p| p.name == "escaping")
+            .unwrap()
+            .netns,
+    );
+    let in_pod = eventually("the pod's child runs", Duration::from_secs(5), || {
+        let path = escaping_netns.clone();
+        async move {
+            let pids = process::pids_in_netns(&path);
+            if pids.len() == 2 {
+                Ok(pids)
+            } else {
+                bail!("pids in the pod: {pids:?}")
+            }
+        }
+    })
+    .await?;
     let state = cluster.plan().state_dir.clone();
     let processes = recorded_processes(&state)?;
     // The runner dies without any chance to clean up; its pods run on.
@@ -267,6 +294,11 @@ async fn down_cleans_up_after_the_pod_runner_was_killed() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("was not recorded; killed"), "{stderr}");
+    for pid in in_pod {
+        assert!(!process::is_alive(pid), "{pid} survived");
+    }
     let all: Vec<(u32, u64)> = processes.iter().map(|(_, p, s)| (*p, *s)).collect();
     assert_nothing_left(&setup, &all)
 }

@@ -64,8 +64,10 @@ pub fn add_netns(journal: &Journal, name: &str) -> Result<(), NetworkError> {
     if netns_exists(name) {
         return Err(NetworkError::NetnsExists(name.into()));
     }
-    run("ip", &["netns", "add", name])?;
+    // Recorded first: a crash right after `add` must not leave a namespace
+    // `down` does not know of (deleting one never made is harmless).
     journal.append(&Record::Netns { name: name.into() })?;
+    run("ip", &["netns", "add", name])?;
     ip(name, &["link", "set", "lo", "up"])
 }
 

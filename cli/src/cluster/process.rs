@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 use std::fs::{self, OpenOptions};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -114,6 +115,12 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// Whether the process started as (`pid`, `start`) is still alive (a
 /// zombie is not).
 pub fn is_running(pid: u32, start: u64) -> bool {
+    is_alive(pid) && start_time(pid) == Some(start)
+}
+
+/// Whether `pid` names a live process (not a zombie); reaps it first if it
+/// is our exited child.
+pub fn is_alive(pid: u32) -> bool {
     reap(pid);
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
@@ -121,7 +128,7 @@ pub fn is_running(pid: u32, start: u64) -> bool {
     let state = stat
         .rfind(')')
         .and_then(|at| stat[at + 1..].split_whitespace().next());
-    state != Some("Z") && start_time(pid) == Some(start)
+    state.is_some_and(|s| s != "Z")
 }
 
 /// Collects `pid` if it is our exited child; harmless otherwise.
@@ -193,6 +200,38 @@ pub fn check_alive(
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The processes whose network namespace is the one at `netns_path`
+/// (compared by device and inode), for the sweep that finds what the journal
+/// could not record (a crash between start and record, a pod's children).
+pub fn pids_in_netns(netns_path: &Path) -> Vec<u32> {
+    let Ok(target) = fs::metadata(netns_path) else {
+        return Vec::new();
+    };
+    let id = (target.dev(), target.ino());
+    let me = std::process::id();
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| (m.dev(), m.ino()) == id)
+        })
+        .collect()
+}
+
+/// SIGKILL to one process.
+pub fn kill(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill takes plain integers.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
     }
 }
 
