@@ -403,3 +403,81 @@ async fn the_pod_runner_stops_at_sigterm_and_its_pods_run_on() -> Result<()> {
     Cluster::down(&cluster.plan().state_dir, &Progress::quiet())?;
     assert_nothing_left(&setup, &all)
 }
+
+/// The whole mesh: istiod-lite, a node agent and an in-pod ztunnel per node.
+/// Labelling the namespaces enrols the running pods, and the client's calls
+/// then cross the nodes over mTLS HBONE. Needs the `node-agent`, `ambit-cni`
+/// and in-pod `ztunnel` binaries beside `ambit` (or in AMBIT_BIN_DIR).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the node-agent, ambit-cni and in-pod ztunnel binaries"]
+async fn labelling_namespaces_enrols_running_pods_into_mtls() -> Result<()> {
+    use ambit::cluster::probe;
+    use ambit::label::{self, LabelChange, Target};
+
+    let mut setup = setup()?;
+    setup.options.mesh = true;
+    if let Some(dir) = std::env::var_os("AMBIT_BIN_DIR") {
+        setup.options.binaries = Binaries { dir: dir.into() };
+    }
+    let cluster = Cluster::up(&setup.dir, &setup.options).context("ambit up")?;
+    let plan = cluster.plan().clone();
+    let ambient = [LabelChange::Set {
+        key: "istio.io/dataplane-mode".into(),
+        value: "ambient".into(),
+    }];
+    for ns in ["server", "client"] {
+        label::label(&setup.dir, &Target::Namespace(ns.into()), &ambient)?;
+    }
+    eventually("both pods enrolled", Duration::from_secs(30), || {
+        let cluster = cluster.clone();
+        async move {
+            let report = ambit::status::collect(&cluster);
+            let unhealthy: Vec<_> = report.health.iter().filter(|(_, r)| r.is_err()).collect();
+            if !unhealthy.is_empty() {
+                bail!("not ready: {unhealthy:?}");
+            }
+            if report.pods.iter().all(|p| p.enrolled == Some(true)) {
+                Ok(())
+            } else {
+                bail!("{:?}", report.pods)
+            }
+        }
+    })
+    .await?;
+    let server_node = &plan.nodes[1].netns;
+    eventually(
+        "mTLS connections from the client reach the server's ztunnel",
+        Duration::from_secs(30),
+        || {
+            let netns = server_node.clone();
+            async move {
+                let (_, metrics) = probe::get(
+                    &netns,
+                    "127.0.0.1:15020".parse()?,
+                    "/metrics",
+                    Duration::from_secs(2),
+                )?;
+                let opened = metrics.lines().any(|l| {
+                    l.starts_with("istio_tcp_connections_opened_total{reporter=\"destination\"")
+                        && l.contains(
+                            "source_principal=\"spiffe://cluster.local/ns/client/sa/default\"",
+                        )
+                        && l.contains("connection_security_policy=\"mutual_tls\"")
+                });
+                if opened {
+                    Ok(())
+                } else {
+                    bail!("no mTLS connection from the client yet")
+                }
+            }
+        },
+    )
+    .await?;
+    let processes: Vec<(u32, u64)> = recorded_processes(&plan.state_dir)?
+        .into_iter()
+        .map(|(_, pid, start)| (pid, start))
+        .collect();
+    let warnings = Cluster::down(&plan.state_dir, &Progress::quiet())?;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_nothing_left(&setup, &processes)
+}
