@@ -481,3 +481,66 @@ async fn labelling_namespaces_enrols_running_pods_into_mtls() -> Result<()> {
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_nothing_left(&setup, &processes)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_added_to_the_directory_start_and_deleted_ones_go() -> Result<()> {
+    let setup = setup()?;
+    let cluster = Cluster::up(&setup.dir, &setup.options).context("ambit up")?;
+    let late = setup.dir.join("late.yaml");
+    std::fs::write(
+        &late,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: server}\nspec: {nodeName: node-1, containers: [{name: c, command: [ambit, app, server, --port, '9002']}]}\n",
+    )?;
+    let ip = eventually("the added pod runs", Duration::from_secs(15), || {
+        let cluster = cluster.clone();
+        async move { cluster.pod_ip("server/late").context("not running yet") }
+    })
+    .await?;
+    let netns = format!("ambit-{}-pod-server.late", setup.options.name);
+    let client_netns = format!("ambit-{}-pod-client.client", setup.options.name);
+    let target = format!("{ip}:9002");
+    let out = exec_in(
+        &client_netns,
+        &[
+            env!("CARGO_BIN_EXE_ambit"),
+            "app",
+            "client",
+            "--target",
+            &target,
+            "--count",
+            "1",
+        ],
+    )?;
+    assert!(out.starts_with(&format!("ok {target} late got")), "{out}");
+    let opened = Cluster::open(&cluster.plan().state_dir)?;
+    assert!(
+        opened.plan().pods.iter().any(|p| p.name == "late"),
+        "plan.json has the pod"
+    );
+
+    std::fs::remove_file(&late)?;
+    eventually("the deleted pod is gone", Duration::from_secs(15), || {
+        let (netns, cluster, dir) = (netns.clone(), cluster.clone(), setup.dir.clone());
+        async move {
+            if ambit::cluster::network::netns_exists(&netns) {
+                bail!("namespace {netns} still there");
+            }
+            if cluster.pod_states().iter().any(|s| s.pod == "server/late") {
+                bail!("still in pods.json");
+            }
+            let status = std::fs::read_to_string(dir.join(STATUS_FILE))?;
+            if status.contains("name: late") {
+                bail!("still in the status file");
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let processes: Vec<(u32, u64)> = recorded_processes(&cluster.plan().state_dir)?
+        .into_iter()
+        .map(|(_, pid, start)| (pid, start))
+        .collect();
+    let warnings = Cluster::down(&cluster.plan().state_dir, &Progress::quiet())?;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_nothing_left(&setup, &processes)
+}

@@ -427,6 +427,52 @@ fn plan_service(service: &k8s_openapi::api::core::v1::Service) -> Option<Service
     })
 }
 
+/// How the pods of a re-read directory differ from the running plan.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodDiff {
+    pub added: Vec<PodPlan>,
+    /// Keys of pods no longer defined.
+    pub removed: Vec<String>,
+    /// Pods whose labels changed (applied in place, as on an API server).
+    pub relabelled: Vec<PodPlan>,
+    /// Keys of pods whose spec changed otherwise: pods are immutable, so
+    /// this needs the pod deleted and defined again.
+    pub changed: Vec<String>,
+}
+
+impl PodDiff {
+    pub fn is_empty(&self) -> bool {
+        *self == PodDiff::default()
+    }
+}
+
+pub fn diff_pods(running: &[PodPlan], wanted: &[PodPlan]) -> PodDiff {
+    let mut diff = PodDiff::default();
+    for pod in wanted {
+        match running.iter().find(|p| p.key() == pod.key()) {
+            None => diff.added.push(pod.clone()),
+            Some(old) if old == pod => {}
+            Some(old) => {
+                let relabelled = PodPlan {
+                    labels: pod.labels.clone(),
+                    ..old.clone()
+                };
+                if relabelled == *pod {
+                    diff.relabelled.push(pod.clone());
+                } else {
+                    diff.changed.push(pod.key());
+                }
+            }
+        }
+    }
+    diff.removed = running
+        .iter()
+        .filter(|p| !wanted.iter().any(|w| w.key() == p.key()))
+        .map(PodPlan::key)
+        .collect();
+    diff
+}
+
 /// FNV-1a: a stable hash, so a pod without `metadata.uid` keeps the same
 /// generated one across runs (the node agent's records key on it).
 fn fnv1a(seed: u64, parts: &[&str]) -> u64 {

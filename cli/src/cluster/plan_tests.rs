@@ -219,3 +219,36 @@ fn errors_name_what_to_fix() {
         .contains("set `command:`")
     );
 }
+
+#[test]
+fn a_reread_directory_adds_removes_and_relabels_pods() {
+    let base = format!(
+        "{NODES}{}{}",
+        pod("a", "node-a", "{name: c, command: [x]}"),
+        pod("b", "node-a", "{name: c, command: [x]}")
+    );
+    let running = plan(&spec(&base), &options()).unwrap().pods;
+    assert!(diff_pods(&running, &running).is_empty());
+    let next = format!(
+        "{NODES}{}{}{}",
+        pod("a", "node-a", "{name: c, command: [x]}")
+            .replace("namespace: apps}", "namespace: apps, labels: {v: '2'}}"),
+        pod("c", "node-b", "{name: c, command: [y]}"),
+        pod("b", "node-a", "{name: c, command: [z]}"),
+    );
+    let wanted = plan(&spec(&next), &options()).unwrap().pods;
+    let diff = diff_pods(&running, &wanted);
+    assert_eq!(
+        diff.added.iter().map(PodPlan::key).collect::<Vec<_>>(),
+        ["apps/c"]
+    );
+    assert_eq!(
+        diff.relabelled.iter().map(PodPlan::key).collect::<Vec<_>>(),
+        ["apps/a"]
+    );
+    assert_eq!(diff.changed, ["apps/b"]);
+    assert!(diff.removed.is_empty());
+    let only_c = format!("{NODES}{}", pod("c", "node-b", "{name: c, command: [y]}"));
+    let diff = diff_pods(&running, &plan(&spec(&only_c), &options()).unwrap().pods);
+    assert_eq!(diff.removed, ["apps/a", "apps/b"]);
+}
