@@ -158,6 +158,46 @@ pub fn ztunnel_config(plan: &Plan, node: &NodePlan, token_file: &Path) -> serde_
     })
 }
 
+/// Starts `node`'s node agent (also again, after it stopped: it picks up
+/// its pods from its records).
+pub fn start_node_agent(
+    plan: &Plan,
+    node: &NodePlan,
+    binaries: &Binaries,
+    journal: &Journal,
+) -> Result<process::Started, UpError> {
+    let agent = binaries.find("node-agent")?;
+    let agent_state = node.dir.join("node-agent");
+    fs::create_dir_all(&agent_state).map_err(|e| UpError::file(&agent_state, e))?;
+    launch(
+        journal,
+        &Launch {
+            role: Role::Mesh,
+            name: format!("node-agent {}", node.name),
+            netns: Some(&node.netns),
+            program: &agent,
+            args: vec![
+                "--node".into(),
+                node.name.clone(),
+                "--source".into(),
+                "dir".into(),
+                "--dir".into(),
+                plan.dir.display().to_string(),
+                "--zds-socket".into(),
+                zds_socket(node).display().to_string(),
+                "--cni-socket".into(),
+                super::cni::cni_socket(node).display().to_string(),
+                "--state-dir".into(),
+                agent_state.display().to_string(),
+                "--admin".into(),
+                AGENT_ADMIN.into(),
+            ],
+            env: Vec::new(),
+            log: node.dir.join("node-agent.log"),
+        },
+    )
+}
+
 pub fn start_node(
     plan: &Plan,
     node: &NodePlan,
@@ -165,41 +205,13 @@ pub fn start_node(
     journal: &Journal,
     progress: &Progress,
 ) -> Result<(), UpError> {
-    let agent = binaries.find("node-agent")?;
+    binaries.find("node-agent")?;
     let ztunnel = binaries.find("ztunnel")?;
     progress.step(
         &format!("node {}: node agent and ztunnel started", node.name),
         || {
             let token = write_token(plan, node)?;
-            let agent_state = node.dir.join("node-agent");
-            fs::create_dir_all(&agent_state).map_err(|e| UpError::file(&agent_state, e))?;
-            launch(
-                journal,
-                &Launch {
-                    role: Role::Mesh,
-                    name: format!("node-agent {}", node.name),
-                    netns: Some(&node.netns),
-                    program: &agent,
-                    args: vec![
-                        "--node".into(),
-                        node.name.clone(),
-                        "--source".into(),
-                        "dir".into(),
-                        "--dir".into(),
-                        plan.dir.display().to_string(),
-                        "--zds-socket".into(),
-                        zds_socket(node).display().to_string(),
-                        "--cni-socket".into(),
-                        super::cni::cni_socket(node).display().to_string(),
-                        "--state-dir".into(),
-                        agent_state.display().to_string(),
-                        "--admin".into(),
-                        AGENT_ADMIN.into(),
-                    ],
-                    env: Vec::new(),
-                    log: node.dir.join("node-agent.log"),
-                },
-            )?;
+            start_node_agent(plan, node, binaries, journal)?;
             let config_path = node.dir.join("ztunnel.yaml");
             let config = serde_yaml::to_string(&ztunnel_config(plan, node, &token))
                 .expect("a JSON value renders as YAML");
