@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::cni::{self, Call};
-use super::journal::{Journal, JournalError, Record, Role};
+use super::journal::{Journal, Record, Role};
 use super::network::{self, NetworkError, netns_path};
 use super::plan::{self, Plan, PlanOptions, PodPlan};
 use super::pod_status::{self, Phase, PodState};
@@ -29,8 +29,6 @@ const REREAD: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
-    #[error(transparent)]
-    Journal(#[from] JournalError),
     #[error("cannot write pod status {}: {source}", path.display())]
     Status {
         path: PathBuf,

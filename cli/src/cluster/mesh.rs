@@ -105,7 +105,11 @@ pub fn start_istiod(
             }
             Ok(())
         })
-        .map_err(|e| UpError::NotReady(format!("{e}; see {}", log.display())))
+        .map_err(|reason| UpError::NotReady {
+            component: "istiod-lite".into(),
+            reason,
+            log: log.clone(),
+        })
     })
 }
 
@@ -114,14 +118,14 @@ pub fn start_istiod(
 fn write_token(plan: &Plan, node: &NodePlan) -> Result<PathBuf, UpError> {
     let tokens_path = istiod_state_dir(plan).join("node-tokens.yaml");
     let text = fs::read_to_string(&tokens_path).map_err(|e| UpError::file(&tokens_path, e))?;
-    let tokens: std::collections::BTreeMap<String, String> = serde_yaml::from_str(&text)
-        .map_err(|e| UpError::NotReady(format!("{}: {e}", tokens_path.display())))?;
-    let token = tokens.get(&node.name).ok_or_else(|| {
-        UpError::NotReady(format!(
-            "{} has no token for node {}",
-            tokens_path.display(),
-            node.name
-        ))
+    let tokens: std::collections::BTreeMap<String, String> =
+        serde_yaml::from_str(&text).map_err(|e| UpError::NodeToken {
+            path: tokens_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let token = tokens.get(&node.name).ok_or_else(|| UpError::NodeToken {
+        path: tokens_path.clone(),
+        reason: format!("no token for node {}", node.name),
     })?;
     let path = node.dir.join("token");
     fs::write(&path, token).map_err(|e| UpError::file(&path, e))?;
