@@ -131,6 +131,8 @@ pub struct PodPlan {
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
     pub labels: BTreeMap<String, String>,
+    /// Named container ports, for Services' named target ports.
+    pub ports: BTreeMap<String, u16>,
 }
 
 impl PodPlan {
@@ -384,6 +386,12 @@ fn plan_pod(pod: &Pod, cluster: &str, nodes: &[NodePlan]) -> Result<PodPlan, Pla
         command,
         env,
         labels: pod.metadata.labels.clone().unwrap_or_default(),
+        ports: spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
+            .collect(),
     })
 }
 

@@ -4,8 +4,10 @@
 //! running pods the Service selects, picked at random. Enrolled pods never
 //! get here for mesh traffic: their ztunnel resolves the VIP first. The rule
 //! text is pure; applying it replaces the chain in one `iptables-restore`.
+//! Named target ports resolve against each pod's named container ports.
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use super::plan::{Plan, TargetPort};
@@ -44,19 +46,25 @@ pub fn render_rules(plan: &Plan, states: &[PodState]) -> String {
                     .all(|(k, v)| p.labels.get(k) == Some(v))
             })
             .filter_map(|p| {
-                states
+                let state = states
                     .iter()
-                    .find(|s| s.pod == p.key() && s.phase == Phase::Running)
-                    .and_then(|s| s.ip)
+                    .find(|s| s.pod == p.key() && s.phase == Phase::Running)?;
+                Some((state.ip?, p))
             })
             .collect();
         for port in &service.ports {
-            let TargetPort::Number(target) = port.target else {
-                continue;
-            };
+            // A named target port resolves per pod; pods without it are
+            // not endpoints of this port.
+            let targets: Vec<(Ipv4Addr, u16)> = endpoints
+                .iter()
+                .filter_map(|(ip, pod)| match &port.target {
+                    TargetPort::Number(n) => Some((*ip, *n)),
+                    TargetPort::Name(name) => pod.ports.get(name).map(|n| (*ip, *n)),
+                })
+                .collect();
             let protocol = port.protocol.to_ascii_lowercase();
-            let count = endpoints.len();
-            for (index, ip) in endpoints.iter().enumerate() {
+            let count = targets.len();
+            for (index, (ip, target)) in targets.iter().enumerate() {
                 let remaining = count - index;
                 let pick = if remaining > 1 {
                     format!(
@@ -138,4 +146,61 @@ pub fn apply_rules(netns: &str, rules: &str) -> Result<(), ServiceRuleError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::plan::{PlanOptions, plan};
+    use crate::cluster::spec::ClusterSpec;
+    use mesh_registry::dir::parse_file;
+    use std::path::Path;
+
+    #[test]
+    fn each_cluster_ip_port_picks_among_running_selected_pods() {
+        let mut yaml = String::from(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec: {clusterIP: 10.96.0.1, selector: {app: s}, ports: [{port: 80, targetPort: 8080}, {port: 81, targetPort: web, protocol: UDP}]}\n",
+        );
+        for (name, app, port) in [
+            ("p1", "s", "web"),
+            ("p2", "s", "other"),
+            ("p3", "s", "web"),
+            ("q", "x", "web"),
+        ] {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: a, labels: {{app: {app}}}}}\nspec: {{nodeName: n1, containers: [{{name: c, command: [x], ports: [{{name: {port}, containerPort: 9000}}]}}]}}\n"
+            ));
+        }
+        let parsed = parse_file(Path::new("c.yaml"), &yaml);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let spec = ClusterSpec::from_objects(parsed.objects.into_iter().map(|o| o.object));
+        let options = PlanOptions {
+            cluster: "t".into(),
+            state_dir: "/run/t".into(),
+            mesh: false,
+        };
+        let plan = plan(&spec, &options).unwrap();
+        let states: Vec<PodState> = plan
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut state = PodState::pending(p.key(), p.node.clone());
+                // p3 is not running yet.
+                if p.name != "p3" {
+                    state.phase = Phase::Running;
+                    state.ip = Some(Ipv4Addr::new(10, 244, 0, 2 + i as u8));
+                }
+                state
+            })
+            .collect();
+        assert_eq!(
+            render_rules(&plan, &states),
+            "*nat\n:AMBIT-SERVICES - [0:0]\n\
+             -A AMBIT-SERVICES -d 10.96.0.1/32 -p tcp --dport 80 -m statistic --mode random --probability 0.50000 -j DNAT --to-destination 10.244.0.2:8080\n\
+             -A AMBIT-SERVICES -d 10.96.0.1/32 -p tcp --dport 80 -j DNAT --to-destination 10.244.0.3:8080\n\
+             -A AMBIT-SERVICES -d 10.96.0.1/32 -p udp --dport 81 -j DNAT --to-destination 10.244.0.2:9000\n\
+             COMMIT\n"
+        );
+    }
 }
