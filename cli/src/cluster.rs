@@ -85,6 +85,8 @@ pub enum UpError {
         reason: String,
         log: PathBuf,
     },
+    #[error("{0} (the cluster stays up; see `ambit status` and the logs in the state dir)")]
+    MeshNotReady(String),
     #[error("{}: {reason}", path.display())]
     NodeToken { path: PathBuf, reason: String },
     #[error("{}: not a cluster plan ({reason}); the state dir is damaged, `ambit down` still works", path.display())]
@@ -208,11 +210,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Brings up the cluster `dir` describes and waits for its pods. Refused
+    /// Brings up the cluster `dir` describes and waits for its pods and the
+    /// readiness of its mesh. Refused
     /// if the state dir already holds a cluster. If making the nodes or the
     /// mesh fails, everything made is taken down again before the error is
-    /// returned; pods still pending after `options.wait` are an error
-    /// (`PodsPending`) that leaves the cluster up, the runner retrying them.
+    /// returned; pods still pending after `options.wait` (`PodsPending`) or a
+    /// mesh not ready by then (`MeshNotReady`) are errors that leave the
+    /// cluster up, the runner retrying the pods.
     pub fn up(dir: &Path, options: &ClusterOptions) -> Result<Cluster, UpError> {
         if !is_root() {
             return Err(UpError::NotRoot);
@@ -265,6 +269,22 @@ impl Cluster {
             &format!("{} pod(s) running", cluster.plan.pods.len()),
             || cluster.wait_for_pods(options.wait),
         )?;
+        if cluster.plan.mesh {
+            options.progress.step("mesh ready", || {
+                progress::wait_until("mesh ready", options.wait, || {
+                    let not_ready: Vec<String> = mesh::health(&cluster.plan)
+                        .into_iter()
+                        .filter_map(|(name, r)| r.err().map(|e| format!("{name}: {e}")))
+                        .collect();
+                    if not_ready.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(not_ready.join("; "))
+                    }
+                })
+                .map_err(UpError::MeshNotReady)
+            })?;
+        }
         Ok(cluster)
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cluster::mesh::{AGENT_ADMIN, ISTIOD_ADMIN, ZTUNNEL_ADMIN, ZTUNNEL_READINESS};
+use crate::cluster::mesh::{self, AGENT_ADMIN, ZTUNNEL_ADMIN};
 use crate::cluster::pod_status::Phase;
 use crate::cluster::{Cluster, probe};
 
@@ -34,15 +34,6 @@ pub struct PodRow {
     /// Whether the node's ztunnel has the pod.
     pub in_ztunnel: Option<bool>,
     pub note: String,
-}
-
-fn ready(netns: &str, addr: &str, path: &str) -> Result<(), String> {
-    let addr = addr.parse().expect("constant admin addresses");
-    match probe::get(netns, addr, path, PROBE_TIMEOUT) {
-        Ok((200, _)) => Ok(()),
-        Ok((code, body)) => Err(format!("{code} {}", body.trim())),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 fn fetch_json(netns: &str, addr: &str, path: &str) -> Option<Value> {
@@ -93,23 +84,11 @@ fn agent_pod(
 /// Gathers the report; unreachable endpoints show as not ready.
 pub fn collect(cluster: &Cluster) -> StatusReport {
     let plan = cluster.plan();
-    let mut health = Vec::new();
     let mut agents = std::collections::BTreeMap::new();
     let mut ztunnels = std::collections::BTreeMap::new();
+    let health = mesh::health(plan);
     if plan.mesh {
-        health.push((
-            "istiod-lite".to_string(),
-            ready(&plan.fabric.netns, ISTIOD_ADMIN, "/ready"),
-        ));
         for node in &plan.nodes {
-            health.push((
-                format!("node-agent {}", node.name),
-                ready(&node.netns, AGENT_ADMIN, "/ready"),
-            ));
-            health.push((
-                format!("ztunnel {}", node.name),
-                ready(&node.netns, ZTUNNEL_READINESS, "/healthz/ready"),
-            ));
             agents.insert(
                 node.name.clone(),
                 fetch_json(&node.netns, AGENT_ADMIN, "/debug/pods"),

@@ -236,3 +236,36 @@ pub fn start_node(
         },
     )
 }
+
+fn ready(netns: &str, addr: &str, path: &str) -> Result<(), String> {
+    let addr = addr.parse().expect("constant admin addresses");
+    match probe::get(netns, addr, path, Duration::from_secs(2)) {
+        Ok((200, _)) => Ok(()),
+        Ok((code, body)) => Err(format!("{code} {}", body.trim())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Each mesh component's readiness: istiod-lite `/ready`, each node
+/// agent's `/ready`, each ztunnel's `/healthz/ready` (none without a mesh).
+pub fn health(plan: &Plan) -> Vec<(String, Result<(), String>)> {
+    let mut health = Vec::new();
+    if !plan.mesh {
+        return health;
+    }
+    health.push((
+        "istiod-lite".to_string(),
+        ready(&plan.fabric.netns, ISTIOD_ADMIN, "/ready"),
+    ));
+    for node in &plan.nodes {
+        health.push((
+            format!("node-agent {}", node.name),
+            ready(&node.netns, AGENT_ADMIN, "/ready"),
+        ));
+        health.push((
+            format!("ztunnel {}", node.name),
+            ready(&node.netns, ZTUNNEL_READINESS, "/healthz/ready"),
+        ));
+    }
+    health
+}
