@@ -141,3 +141,60 @@ pub fn write_states(state_dir: &Path, states: &[PodState]) -> std::io::Result<()
     let text = serde_json::to_string_pretty(states).expect("states serialize");
     write_atomic(&state_dir.join(PODS_FILE), &text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::plan::{PlanOptions, plan};
+    use crate::cluster::spec::ClusterSpec;
+    use mesh_registry::dir::overlay::parse_status_file;
+    use mesh_registry::dir::parse_file;
+
+    #[test]
+    fn the_status_file_is_what_the_registry_reads_as_pod_status() {
+        let yaml = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, uid: u-a}\nspec: {nodeName: n1, containers: [{name: c, command: [x]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nspec: {nodeName: n1, containers: [{name: c, command: [x]}]}\n";
+        let parsed = parse_file(Path::new("c.yaml"), yaml);
+        let spec = ClusterSpec::from_objects(parsed.objects.into_iter().map(|o| o.object));
+        let options = PlanOptions {
+            cluster: "t".into(),
+            state_dir: "/run/t".into(),
+            mesh: false,
+        };
+        let plan = plan(&spec, &options).unwrap();
+        let mut running = PodState::pending("x/a".into(), "n1".into());
+        running.phase = Phase::Running;
+        running.ip = Some(Ipv4Addr::new(10, 244, 0, 2));
+        running.started = Some("2026-01-01T00:00:00Z".into());
+        let mut pending = PodState::pending("x/b".into(), "n1".into());
+        pending.last_error = Some("ADD bridge failed".into());
+        let text = render_status_file(&plan, &[running, pending]);
+
+        let status = parse_status_file(Path::new(STATUS_FILE), &text);
+        assert!(status.errors.is_empty(), "{:?}", status.errors);
+        let rows: Vec<String> = status
+            .overlays
+            .iter()
+            .map(|(key, o)| {
+                format!(
+                    "{key} uid={} phase={} ip={} host={} ready={} message={}",
+                    o.uid.as_deref().unwrap_or("-"),
+                    o.status["phase"],
+                    o.status.get("podIP").unwrap_or(&serde_json::Value::Null),
+                    o.status["hostIP"],
+                    o.status["conditions"][0]["status"],
+                    o.status["conditions"][0]["message"],
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "Pod x/a uid=u-a phase=\"Running\" ip=\"10.244.0.2\" host=\"10.255.0.10\" ready=\"True\" message=null".to_string(),
+                format!(
+                    "Pod x/b uid={} phase=\"Pending\" ip=null host=\"10.255.0.10\" ready=\"False\" message=\"ADD bridge failed\"",
+                    plan.pods[1].uid
+                ),
+            ]
+        );
+    }
+}
