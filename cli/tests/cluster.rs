@@ -21,6 +21,13 @@ async fn pods_on_two_nodes_talk_by_pod_ip_and_cluster_ip_and_down_leaves_nothing
     let cluster = Cluster::up(&setup.dir, &setup.options).context("ambit up")?;
     let plan = cluster.plan().clone();
     assert_eq!(plan.nodes.len(), 2);
+    // Everything lives in the cluster's namespaces: the host gains no link.
+    assert!(common::host_links_like_ours()?.is_empty());
+    let node_links = exec_in(&plan.nodes[0].netns, &["ip", "-o", "link", "show"])?;
+    assert!(
+        node_links.contains(": cni0:") && node_links.contains(": eth0@"),
+        "{node_links}"
+    );
 
     let server_ip = cluster
         .pod_ip("server/server")

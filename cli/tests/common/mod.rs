@@ -71,6 +71,28 @@ pub fn setup() -> Result<Setup> {
     })
 }
 
+/// Host interfaces with the names the cluster uses inside its namespaces
+/// (fabric bridge and ports, node bridge, the bridge plugin's `veth` +
+/// 8 hex digits): none may ever appear in the host's own namespace.
+pub fn host_links_like_ours() -> Result<Vec<String>> {
+    let out = Command::new("ip").args(["-o", "link", "show"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .filter(|name| {
+            let veth = name
+                .strip_prefix("veth")
+                .is_some_and(|rest| rest.len() == 8 && rest.chars().all(|c| c.is_ascii_hexdigit()));
+            let port = name
+                .strip_prefix("port")
+                .is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit()));
+            veth || port || name == "fabric0" || name == "cni0"
+        })
+        .collect())
+}
+
 pub fn netns_list() -> Result<String> {
     let out = Command::new("ip").args(["netns", "list"]).output()?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -84,13 +106,17 @@ pub fn exec_in(netns: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Checks that nothing of the cluster is left: namespaces, state, status
-/// file, processes.
+/// Checks that nothing of the cluster is left: namespaces, interfaces,
+/// state, status file, processes.
 pub fn assert_nothing_left(setup: &Setup, processes: &[(u32, u64)]) -> Result<()> {
     let prefix = format!("ambit-{}-", setup.options.name);
     let list = netns_list()?;
     if list.lines().any(|l| l.starts_with(&prefix)) {
         bail!("namespaces left behind:\n{list}");
+    }
+    let links = host_links_like_ours()?;
+    if !links.is_empty() {
+        bail!("interfaces in the host namespace: {links:?}");
     }
     if setup.options.state_dir().exists() {
         bail!("state dir left behind");
