@@ -107,7 +107,7 @@ pub fn exec_in(netns: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Checks that nothing of the cluster is left: namespaces, interfaces,
-/// state, status file, processes.
+/// iptables rules, state, status file, processes.
 pub fn assert_nothing_left(setup: &Setup, processes: &[(u32, u64)]) -> Result<()> {
     let prefix = format!("ambit-{}-", setup.options.name);
     let list = netns_list()?;
@@ -117,6 +117,13 @@ pub fn assert_nothing_left(setup: &Setup, processes: &[(u32, u64)]) -> Result<()
     let links = host_links_like_ours()?;
     if !links.is_empty() {
         bail!("interfaces in the host namespace: {links:?}");
+    }
+    let rules = Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S"])
+        .output()?;
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    if rules.contains(ambit::cluster::services::CHAIN) {
+        bail!("service rules in the host namespace:\n{rules}");
     }
     if setup.options.state_dir().exists() {
         bail!("state dir left behind");
