@@ -218,3 +218,32 @@ fn a_pod_on_an_unknown_node_is_refused_before_anything_is_made() -> Result<()> {
     );
     assert_nothing_left(&setup, &[])
 }
+
+#[test]
+fn a_failed_up_removes_what_it_made_and_nothing_it_did_not() -> Result<()> {
+    let setup = setup()?;
+    // Someone else's namespace where node-2 would go: the fabric and node-1
+    // are made first, then `up` fails.
+    let foreign = format!("ambit-{}-node-node-2", setup.options.name);
+    Command::new("ip")
+        .args(["netns", "add", &foreign])
+        .status()?;
+    let outcome = Cluster::up(&setup.dir, &setup.options);
+    let list = common::netns_list()?;
+    Command::new("ip")
+        .args(["netns", "del", &foreign])
+        .status()?;
+    let error = outcome.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("network namespace {foreign} already exists")),
+        "{error}"
+    );
+    assert!(list.lines().any(|l| l.starts_with(&foreign)), "{list}");
+    assert!(
+        !list.contains(&format!("ambit-{}-fabric", setup.options.name)),
+        "{list}"
+    );
+    assert_nothing_left(&setup, &[])
+}
