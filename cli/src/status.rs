@@ -31,8 +31,9 @@ pub struct PodRow {
     pub pid: String,
     /// As the node agent reports it; `None` without a mesh or an answer.
     pub enrolled: Option<bool>,
-    /// Whether the node's ztunnel has the pod.
-    pub in_ztunnel: Option<bool>,
+    /// The pod's proxy in the node's ztunnel (`Up`, `Pending`, `none`);
+    /// `None` without a mesh or an answer.
+    pub in_ztunnel: Option<String>,
     pub note: String,
 }
 
@@ -44,23 +45,25 @@ fn fetch_json(netns: &str, addr: &str, path: &str) -> Option<Value> {
     }
 }
 
-/// Whether `value` mentions the pod: an object with its namespace and
-/// name, or a string naming `namespace/name` or its uid.
-fn mentions(value: &Value, namespace: &str, name: &str, uid: &str) -> bool {
-    match value {
-        Value::Object(map) => {
-            let field = |k: &str| map.get(k).and_then(Value::as_str);
-            (field("namespace") == Some(namespace) && field("name") == Some(name))
-                || map.iter().any(|(k, v)| {
-                    k == uid
-                        || k == &format!("{namespace}/{name}")
-                        || mentions(v, namespace, name, uid)
-                })
-        }
-        Value::Array(items) => items.iter().any(|v| mentions(v, namespace, name, uid)),
-        Value::String(s) => s == uid || *s == format!("{namespace}/{name}"),
-        _ => false,
-    }
+/// The pod's proxy state in the node ztunnel's `/config_dump`
+/// (`workloadState`: `Up` or `Pending`), or `none` when the ztunnel answered
+/// and runs no proxy for it.
+fn ztunnel_state(dump: &Value, pod: &crate::cluster::plan::PodPlan) -> String {
+    let entries = dump
+        .get("workloadState")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    entries
+        .iter()
+        .find(|w| {
+            w.get("uid").and_then(Value::as_str) == Some(pod.uid.as_str())
+                || (w.get("namespace").and_then(Value::as_str) == Some(pod.namespace.as_str())
+                    && w.get("name").and_then(Value::as_str) == Some(pod.name.as_str()))
+        })
+        .and_then(|w| w.get("state").and_then(Value::as_str))
+        .unwrap_or("none")
+        .to_string()
 }
 
 /// The node agent's `/debug/pods` entry for `pod` (by uid, else by
@@ -105,12 +108,6 @@ pub fn collect(cluster: &Cluster) -> StatusReport {
         .iter()
         .map(|pod| {
             let state = states.iter().find(|s| s.pod == pod.key());
-            let seen = |dumps: &std::collections::BTreeMap<String, Option<Value>>| {
-                dumps
-                    .get(&pod.node)
-                    .and_then(Option::as_ref)
-                    .map(|v| mentions(v, &pod.namespace, &pod.name, &pod.uid))
-            };
             let agent_entry = agent_pod(&agents, pod);
             PodRow {
                 pod: pod.key(),
@@ -129,7 +126,10 @@ pub fn collect(cluster: &Cluster) -> StatusReport {
                     (None, Some(Some(_))) => Some(false),
                     (None, _) => None,
                 },
-                in_ztunnel: seen(&ztunnels),
+                in_ztunnel: ztunnels
+                    .get(&pod.node)
+                    .and_then(Option::as_ref)
+                    .map(|dump| ztunnel_state(dump, pod)),
                 note: state
                     .filter(|s| s.phase != Phase::Running)
                     .and_then(|s| s.last_error.clone())
@@ -207,7 +207,7 @@ pub fn render(report: &StatusReport) -> String {
                 p.ip.clone(),
                 p.pid.clone(),
                 yes_no(p.enrolled),
-                yes_no(p.in_ztunnel),
+                p.in_ztunnel.clone().unwrap_or_else(|| "-".into()),
                 p.note.clone(),
             ]
         })
@@ -240,12 +240,30 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn finds_a_pod_by_name_key_or_uid() {
-        let dump = json!({"pods": [{"namespace": "a", "name": "web", "uid": "u1"}]});
-        assert!(mentions(&dump, "a", "web", "zz"));
-        assert!(!mentions(&dump, "b", "web", "zz"));
-        assert!(mentions(&json!({"u2": {}}), "x", "y", "u2"));
-        assert!(mentions(&json!(["a/web"]), "a", "web", "u"));
+    fn the_ztunnel_column_is_the_pods_proxy_state() {
+        let pod = crate::cluster::plan::PodPlan {
+            namespace: "a".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+            node: "n1".into(),
+            netns: String::new(),
+            container_id: String::new(),
+            command: vec!["x".into()],
+            env: Vec::new(),
+            labels: Default::default(),
+            ports: Default::default(),
+        };
+        let dump = json!({"mode": "inpod", "workloadState": [
+            {"uid": "u1", "namespace": "a", "name": "web", "state": "Up"},
+            {"uid": "u2", "namespace": "a", "name": "db", "state": "Pending", "error": "x"}]});
+        assert_eq!(ztunnel_state(&dump, &pod), "Up");
+        let other = crate::cluster::plan::PodPlan {
+            uid: "u3".into(),
+            name: "db".into(),
+            ..pod.clone()
+        };
+        assert_eq!(ztunnel_state(&dump, &other), "Pending");
+        assert_eq!(ztunnel_state(&json!({"workloads": []}), &pod), "none");
     }
 
     #[test]
@@ -264,7 +282,7 @@ mod tests {
                 ip: "10.244.0.2".into(),
                 pid: "42".into(),
                 enrolled: Some(true),
-                in_ztunnel: None,
+                in_ztunnel: Some("Up".into()),
                 note: String::new(),
             }],
         };
@@ -274,7 +292,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("a/web  n1    Running  10.244.0.2  42   yes       -"),
+            text.contains("a/web  n1    Running  10.244.0.2  42   yes       Up"),
             "{text}"
         );
         assert!(text.contains("ztunnel n1   NOT READY  503"), "{text}");

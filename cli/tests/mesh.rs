@@ -46,7 +46,11 @@ async fn the_mesh_enrols_labelled_pods_and_new_pods_wait_for_their_node_agent() 
             if !unhealthy.is_empty() {
                 bail!("not ready: {unhealthy:?}");
             }
-            if report.pods.iter().all(|p| p.enrolled == Some(true)) {
+            if report
+                .pods
+                .iter()
+                .all(|p| p.enrolled == Some(true) && p.in_ztunnel.as_deref() == Some("Up"))
+            {
                 Ok(())
             } else {
                 bail!("{:?}", report.pods)
