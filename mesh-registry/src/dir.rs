@@ -7,8 +7,11 @@
 //!
 //! Sources are `*.yaml`/`*.yml` files anywhere below the directory, except
 //! hidden ones (or under hidden directories) and `*.status.yaml`, which are
-//! the status files this source writes. A file with a refused document keeps
-//! the objects it defined before, until it is valid again or deleted.
+//! status files: istiod-lite writes conditions there, and a local cluster
+//! runner writes pod status (IPs, phase) as a kubelet would. Of status
+//! files only Pod documents are read, and only their `status` (`overlay`),
+//! merged onto the Pod the sources define. A file with a refused document
+//! keeps the objects it defined before, until it is valid again or deleted.
 //!
 //! Wiring: `DirSource::new(dir, registry)?.spawn()?`, then
 //! `watch.synced().await?` before serving; `source.errors()` for `/debug`;
@@ -17,6 +20,7 @@
 
 mod index;
 mod locate;
+pub mod overlay;
 pub mod parse;
 mod scan;
 mod source;

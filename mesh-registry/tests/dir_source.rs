@@ -295,7 +295,8 @@ fn condition(name: &str, status: bool) -> ObjectCondition {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_files_are_written_beside_sources_and_never_read_back() -> Result<()> {
+async fn status_files_are_written_beside_sources_and_their_conditions_not_read_back() -> Result<()>
+{
     let dir = tempfile::tempdir()?;
     fs::create_dir(dir.path().join("policies"))?;
     fs::write(
@@ -324,7 +325,8 @@ async fn status_files_are_written_beside_sources_and_never_read_back() -> Result
     assert_eq!(fs::metadata(&status_file)?.modified()?, written_at);
 
     // Events are delivered in order: once a later source change is in, the
-    // status file's events have been handled too. Had it been read, its
+    // status file's events have been handled too. Only Pod documents of a
+    // status file are read; had this one been read as a source, its
     // document (no `spec`) would be reported as an error.
     fs::write(dir.path().join("marker.yaml"), namespace("marker", "1"))?;
     wait_for(&registry, "marker", PATIENCE, |s| {
@@ -337,6 +339,47 @@ async fn status_files_are_written_beside_sources_and_never_read_back() -> Result
     // No conditions left: the status file goes.
     source.write_status(&[])?;
     assert!(!status_file.exists());
+    watch.shutdown(PATIENCE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_status_written_by_a_runner_reaches_the_pod_within_200ms_and_leaves_with_its_file()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    fs::write(
+        dir.path().join("pods.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: apps}\nspec: {nodeName: n1, containers: [{name: c}]}\n",
+    )?;
+    let (registry, source, watch) = start(dir.path()).await?;
+    let pod_ip = |s: &Store| {
+        s.pods
+            .get(&NamespacedName::new("apps", "web"))
+            .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+    };
+    assert_eq!(pod_ip(&registry.snapshot()), None);
+
+    // Written as the runner does: a hidden temporary file renamed into place.
+    let status = dir.path().join("runner.status.yaml");
+    let temporary = dir.path().join(".runner.status.yaml.tmp");
+    fs::write(
+        &temporary,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: apps, uid: u-1}\nstatus: {phase: Running, podIP: 10.244.0.2}\n",
+    )?;
+    fs::rename(&temporary, &status)?;
+    let took = wait_for(&registry, "pod IP", PATIENCE, |s| {
+        pod_ip(s).as_deref() == Some("10.244.0.2")
+    })
+    .await?;
+    assert!(took < LATENCY_BUDGET, "took {took:?}");
+    let snapshot = registry.snapshot();
+    let web = &snapshot.pods[&NamespacedName::new("apps", "web")];
+    assert_eq!(web.metadata.uid.as_deref(), Some("u-1"));
+    assert_eq!(web.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
+
+    fs::remove_file(&status)?;
+    wait_for(&registry, "pod IP gone", PATIENCE, |s| pod_ip(s).is_none()).await?;
+    assert!(source.errors().is_empty(), "{:?}", source.errors());
     watch.shutdown(PATIENCE).await?;
     Ok(())
 }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use crate::Change;
 use crate::model::{Object, ObjectKey};
 
+use super::overlay::{ParsedStatusFile, StatusOverlay, apply_overlays};
 use super::parse::{DocumentError, ParsedFile};
+use super::status::is_status_file;
 
 #[derive(Clone, Debug, Default)]
 struct FileEntry {
@@ -18,10 +20,19 @@ struct FileEntry {
     errors: Vec<DocumentError>,
 }
 
+/// What a status file says about pods.
+#[derive(Clone, Debug, Default)]
+struct StatusEntry {
+    overlays: BTreeMap<ObjectKey, StatusOverlay>,
+    errors: Vec<DocumentError>,
+}
+
 /// The files read so far and the objects each defines.
 #[derive(Clone, Debug, Default)]
 pub struct FileIndex {
     files: BTreeMap<PathBuf, FileEntry>,
+    /// Status files, merged onto the objects in path order.
+    statuses: BTreeMap<PathBuf, StatusEntry>,
     /// Files defining each key, oldest definition first; the last one wins.
     definers: BTreeMap<ObjectKey, Vec<PathBuf>>,
 }
@@ -101,14 +112,56 @@ impl FileIndex {
         self.changes(&affected, before)
     }
 
+    /// Records a status file's new contents and returns the registry
+    /// changes. As with sources, a file with refused documents keeps the
+    /// overlays it no longer yields until it is valid again.
+    pub fn update_status_file(&mut self, file: &Path, parsed: ParsedStatusFile) -> Vec<Change> {
+        let previous = self.statuses.get(file).cloned().unwrap_or_default();
+        let mut overlays = parsed.overlays;
+        if !parsed.errors.is_empty() {
+            for (key, overlay) in &previous.overlays {
+                overlays
+                    .entry(key.clone())
+                    .or_insert_with(|| overlay.clone());
+            }
+        }
+        let affected: BTreeSet<ObjectKey> = previous
+            .overlays
+            .keys()
+            .chain(overlays.keys())
+            .cloned()
+            .collect();
+        let before = self.effective_many(&affected, None);
+        self.statuses.insert(
+            file.to_path_buf(),
+            StatusEntry {
+                overlays,
+                errors: parsed.errors,
+            },
+        );
+        self.changes(&affected, before)
+    }
+
     /// Records that a file could not be read: its objects stay as they were.
     pub fn read_failed(&mut self, file: &Path, error: DocumentError) {
-        self.files.entry(file.to_path_buf()).or_default().errors = vec![error];
+        if is_status_file(file) {
+            self.statuses.entry(file.to_path_buf()).or_default().errors = vec![error];
+        } else {
+            self.files.entry(file.to_path_buf()).or_default().errors = vec![error];
+        }
     }
 
     /// Forgets a deleted file; objects only it defined are deleted, objects
-    /// another file also defines fall back to that file's version.
+    /// another file also defines fall back to that file's version. A deleted
+    /// status file takes its pod status with it.
     pub fn remove_file(&mut self, file: &Path) -> Vec<Change> {
+        if self.statuses.contains_key(file) {
+            let affected: BTreeSet<ObjectKey> =
+                self.statuses[file].overlays.keys().cloned().collect();
+            let before = self.effective_many(&affected, None);
+            self.statuses.remove(file);
+            return self.changes(&affected, before);
+        }
         let Some(previous) = self.files.remove(file) else {
             return Vec::new();
         };
@@ -120,16 +173,24 @@ impl FileIndex {
         self.changes(&affected, before)
     }
 
-    /// The files read, in path order.
+    /// The source files read, in path order.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
         self.files.keys().map(PathBuf::as_path)
     }
 
-    /// The refused documents of every file, by file then line.
+    /// The status files read, in path order.
+    pub fn status_files(&self) -> impl Iterator<Item = &Path> {
+        self.statuses.keys().map(PathBuf::as_path)
+    }
+
+    /// The refused documents of every file, sources by file then line, then
+    /// status files.
     pub fn errors(&self) -> Vec<DocumentError> {
         self.files
             .values()
-            .flat_map(|entry| entry.errors.iter().cloned())
+            .flat_map(|entry| entry.errors.iter())
+            .chain(self.statuses.values().flat_map(|entry| entry.errors.iter()))
+            .cloned()
             .collect()
     }
 
@@ -167,7 +228,8 @@ impl FileIndex {
                 _ => self.files.get(owner),
             };
             if let Some(object) = entry.and_then(|e| e.objects.get(key)) {
-                out.insert(key.clone(), object.clone());
+                let overlays = self.statuses.values().filter_map(|s| s.overlays.get(key));
+                out.insert(key.clone(), apply_overlays(object, overlays));
             }
         }
         out

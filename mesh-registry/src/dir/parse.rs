@@ -81,9 +81,9 @@ pub struct ParsedFile {
 }
 
 /// A `---`-separated piece of a file, with the line it starts on.
-struct RawDocument {
-    line: usize,
-    text: String,
+pub(super) struct RawDocument {
+    pub(super) line: usize,
+    pub(super) text: String,
 }
 
 /// Parses every document of `text` (the contents of `file`, used in errors).
@@ -127,7 +127,7 @@ pub fn parse_file(file: &Path, text: &str) -> ParsedFile {
 /// by nothing or a blank can only be a marker in YAML (the spec forbids such
 /// lines inside content), so splitting by lines is exact and keeps the line
 /// numbers that serde_yaml's per-document parse would otherwise lose.
-fn split_documents(text: &str) -> Vec<RawDocument> {
+pub(super) fn split_documents(text: &str) -> Vec<RawDocument> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut documents = Vec::new();
     let mut current = RawDocument {
@@ -187,7 +187,7 @@ fn is_blank(line: &str) -> bool {
 }
 
 /// YAML text to a JSON value; `None` for an empty or comments-only document.
-fn read_value(raw: &RawDocument) -> Result<Option<Value>, (usize, DocumentProblem)> {
+pub(super) fn read_value(raw: &RawDocument) -> Result<Option<Value>, (usize, DocumentProblem)> {
     if raw.text.lines().all(is_blank) {
         return Ok(None);
     }

@@ -1,5 +1,6 @@
-//! Which paths under the root are sources: `*.yaml`/`*.yml` files, not hidden
-//! (nor inside a hidden directory), not our own status files.
+//! Which paths under the root are read: sources (`*.yaml`/`*.yml` files, not
+//! hidden nor inside a hidden directory, not status files) and status files
+//! (`*.status.yaml`, not hidden), whose Pod documents carry pod status.
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -28,8 +29,14 @@ pub fn is_hidden(root: &Path, path: &Path) -> bool {
     })
 }
 
-/// The source files at or below `path`, sorted. Directory symlinks are not
-/// followed (a link back up would loop); file symlinks are.
+/// Whether `path` (under `root`) names a status file that is read: not
+/// hidden, so the hidden temporary file of an atomic write is not.
+pub fn is_status_path(root: &Path, path: &Path) -> bool {
+    is_status_file(path) && !is_hidden(root, path)
+}
+
+/// The source and status files at or below `path`, sorted. Directory
+/// symlinks are not followed (a link back up would loop); file symlinks are.
 pub fn find_source_files(root: &Path, path: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     if is_hidden(root, path) && path != root {
@@ -37,11 +44,15 @@ pub fn find_source_files(root: &Path, path: &Path) -> Vec<PathBuf> {
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => walk(root, path, &mut found),
-        Ok(_) if is_source_path(root, path) && path.is_file() => found.push(path.to_path_buf()),
+        Ok(_) if is_read(root, path) && path.is_file() => found.push(path.to_path_buf()),
         _ => {}
     }
     found.sort();
     found
+}
+
+fn is_read(root: &Path, path: &Path) -> bool {
+    is_source_path(root, path) || is_status_path(root, path)
 }
 
 fn walk(root: &Path, dir: &Path, found: &mut Vec<PathBuf>) {
@@ -59,7 +70,7 @@ fn walk(root: &Path, dir: &Path, found: &mut Vec<PathBuf>) {
         }
         match entry.file_type() {
             Ok(t) if t.is_dir() => walk(root, &path, found),
-            Ok(_) if is_source_path(root, &path) && path.is_file() => found.push(path),
+            Ok(_) if is_read(root, &path) && path.is_file() => found.push(path),
             _ => {}
         }
     }
@@ -84,7 +95,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_nested_sources_in_order() {
+    fn finds_nested_sources_and_status_files_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         fs::create_dir_all(root.join("b/c")).unwrap();
@@ -100,7 +111,11 @@ mod tests {
         }
         assert_eq!(
             find_source_files(root, root),
-            [root.join("a.yaml"), root.join("b/c/d.yml")]
+            [
+                root.join("a.yaml"),
+                root.join("b/c/d.yml"),
+                root.join("b/e.status.yaml")
+            ]
         );
         assert_eq!(
             find_source_files(root, &root.join("b/c/d.yml")),

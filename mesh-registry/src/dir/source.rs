@@ -13,8 +13,9 @@ use crate::model::ObjectCondition;
 
 use super::DirError;
 use super::index::FileIndex;
+use super::overlay::parse_status_file;
 use super::parse::{DocumentError, DocumentProblem, parse_file};
-use super::scan::{find_source_files, is_source_path};
+use super::scan::{find_source_files, is_source_path, is_status_path};
 use super::status::{TransitionTimes, render_status, status_path};
 
 #[derive(Debug, Default)]
@@ -77,6 +78,7 @@ impl DirSource {
                 state
                     .index
                     .files()
+                    .chain(state.index.status_files())
                     .filter(|f| f.starts_with(path))
                     .map(Path::to_path_buf),
             );
@@ -101,7 +103,8 @@ impl DirSource {
 
     fn reread(&self, index: &mut FileIndex, file: &Path) -> Vec<crate::Change> {
         let is_file = fs::metadata(file).map(|m| m.is_file());
-        if !is_source_path(&self.root, file) || matches!(is_file, Ok(false)) {
+        let is_status = is_status_path(&self.root, file);
+        if !(is_status || is_source_path(&self.root, file)) || matches!(is_file, Ok(false)) {
             return index.remove_file(file);
         }
         let bytes = match fs::read(file) {
@@ -114,6 +117,13 @@ impl DirSource {
         let Ok(text) = String::from_utf8(bytes) else {
             return self.unreadable(index, file, "not UTF-8 text".into());
         };
+        if is_status {
+            let parsed = parse_status_file(file, &text);
+            for error in &parsed.errors {
+                tracing::warn!("{error}");
+            }
+            return index.update_status_file(file, parsed);
+        }
         let parsed = parse_file(file, &text);
         for error in &parsed.errors {
             tracing::warn!("{error}");

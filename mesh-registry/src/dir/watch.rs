@@ -17,7 +17,6 @@ use tokio::time::Instant;
 use super::DirError;
 use super::scan::is_hidden;
 use super::source::DirSource;
-use super::status::is_status_file;
 
 /// How long to gather events before re-reading: long enough that a save
 /// (truncate, write, close, or write-and-rename) is seen as one change, short
@@ -194,9 +193,6 @@ fn note(root: &Path, event: notify::Result<Event>, pending: &mut Pending) {
             }
             continue;
         }
-        if is_status_file(&path) {
-            continue;
-        }
         pending.paths.insert(path);
     }
 }
@@ -215,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn notes_source_paths_and_ignores_status_hidden_and_reads() {
+    fn notes_source_and_status_paths_and_ignores_hidden_and_reads() {
         let root = Path::new("/cfg");
         let mut pending = Pending::default();
         note(
@@ -250,10 +246,15 @@ mod tests {
             pending,
             Pending {
                 everything: false,
-                paths: ["/cfg/a.yaml", "/cfg/b.yaml", "/cfg/sub"]
-                    .into_iter()
-                    .map(PathBuf::from)
-                    .collect(),
+                paths: [
+                    "/cfg/a.status.yaml",
+                    "/cfg/a.yaml",
+                    "/cfg/b.yaml",
+                    "/cfg/sub"
+                ]
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
             }
         );
     }

@@ -1,0 +1,213 @@
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ambit::cluster::progress::{Progress, format_duration};
+use ambit::cluster::{Binaries, Cluster, ClusterOptions, default_state_dir, kubelet, process};
+use ambit::label::{self, Target};
+use ambit::{app, status};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Ambit: an ambient-mode service mesh. Runs a local cluster of network
+/// namespaces from a directory of Kubernetes YAML.
+#[derive(Parser)]
+#[command(name = "ambit", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// The cluster's name (prefixes its namespaces and names its state dir).
+    #[arg(long, default_value = "ambit", env = "AMBIT_CLUSTER")]
+    name: String,
+    /// Where the cluster's state lives [default: /var/run/ambit/<name>].
+    #[arg(long, env = "AMBIT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| default_state_dir(&self.name))
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local cluster from a directory of Kubernetes YAML.
+    Up {
+        /// The cluster directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Only nodes and pods: no istiod-lite, node agents, ztunnels or ambit-cni.
+        #[arg(long)]
+        no_mesh: bool,
+        /// How long to wait for every pod to run.
+        #[arg(long, default_value = "60s", value_parser = mesh_core::duration::parse)]
+        wait: Duration,
+    },
+    /// Stop a local cluster and remove everything it made.
+    Down {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Show nodes, pods and mesh health.
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Set (KEY=VALUE) or remove (KEY-) labels, as `kubectl label`.
+    Label {
+        /// `ns` or `pod`.
+        kind: String,
+        /// Namespace name, or NAMESPACE/NAME of a pod.
+        object: String,
+        /// KEY=VALUE or KEY-.
+        #[arg(required = true)]
+        changes: Vec<String>,
+        /// The cluster directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Built-in apps for examples.
+    App {
+        #[command(subcommand)]
+        app: AppCommand,
+    },
+    /// The pod runner `ambit up` starts; not for direct use.
+    #[command(hide = true)]
+    Kubelet {
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    /// A TCP line echo and HTTP responder that reports the peer it sees.
+    Server {
+        #[arg(long)]
+        port: u16,
+        /// Name in replies [default: $POD_NAME].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Calls a target at an interval, printing one line per attempt.
+    Client {
+        /// HOST:PORT.
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value = "1s", value_parser = mesh_core::duration::parse)]
+        every: Duration,
+        /// Stop after this many attempts [default: never].
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ambit: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Up {
+            dir,
+            cluster,
+            no_mesh,
+            wait,
+        } => {
+            let start = std::time::Instant::now();
+            let options = ClusterOptions {
+                name: cluster.name.clone(),
+                state_dir: cluster.state_dir.clone(),
+                mesh: !no_mesh,
+                binaries: Binaries::locate(),
+                wait,
+                progress: Progress { enabled: true },
+            };
+            eprintln!("starting cluster {} from {}", options.name, dir.display());
+            let up = Cluster::up(&dir, &options)?;
+            eprintln!(
+                "cluster {} is up ({}); state and logs in {}",
+                options.name,
+                format_duration(start.elapsed()),
+                up.plan().state_dir.display()
+            );
+            print!("{}", status::render(&status::collect(&up)));
+            Ok(())
+        }
+        Command::Down { cluster } => {
+            let state_dir = cluster.state_dir();
+            eprintln!("taking down cluster {}", cluster.name);
+            let warnings = Cluster::down(&state_dir, &Progress { enabled: true })?;
+            for warning in &warnings {
+                eprintln!("  warning: {warning}");
+            }
+            eprintln!("cluster {} is down", cluster.name);
+            Ok(())
+        }
+        Command::Status { cluster } => {
+            let up = Cluster::open(&cluster.state_dir())
+                .with_context(|| format!("cluster {} is not up", cluster.name))?;
+            print!("{}", status::render(&status::collect(&up)));
+            Ok(())
+        }
+        Command::Label {
+            kind,
+            object,
+            changes,
+            dir,
+        } => {
+            let target = match kind.as_str() {
+                "ns" | "namespace" | "namespaces" => Target::Namespace(object),
+                "pod" | "pods" => Target::pod(&object)?,
+                other => anyhow::bail!("cannot label {other:?}: use `ns` or `pod`"),
+            };
+            let changes = label::parse_changes(&changes)?;
+            let file = label::label(&dir, &target, &changes)?;
+            println!("{target} labeled ({})", file.display());
+            Ok(())
+        }
+        Command::App { app } => match app {
+            AppCommand::Server { port, name } => {
+                let listener = TcpListener::bind(("0.0.0.0", port))
+                    .with_context(|| format!("listening on port {port}"))?;
+                let name = app::app_name(name);
+                println!("{name} listening on {}", listener.local_addr()?);
+                app::serve(listener, &name)?;
+                Ok(())
+            }
+            AppCommand::Client {
+                target,
+                every,
+                count,
+                name,
+            } => {
+                app::run_client(&target, every, count, &app::app_name(name));
+                Ok(())
+            }
+        },
+        Command::Kubelet { state_dir } => {
+            let up = Cluster::open(&state_dir)?;
+            let stop = process::termination_flag();
+            kubelet::run(up.plan(), &Binaries::locate().dir, stop)?;
+            Ok(())
+        }
+    }
+}
