@@ -465,23 +465,39 @@ impl Agent {
         }
     }
 
+    /// Acts until the pod matches the registry: labels that change while an
+    /// operation runs are seen by the next round, not left for the resync.
     async fn reconcile_pod(&self, uid: &str, force: bool) {
+        let mut force = force;
+        // Bounded, so labels flapping faster than the rules can be applied
+        // do not hold one task forever; the resync picks up the rest.
+        for _ in 0..4 {
+            if !self.reconcile_pod_once(uid, force).await {
+                return;
+            }
+            force = false;
+        }
+    }
+
+    /// One step; whether it changed the pod's enrolment.
+    async fn reconcile_pod_once(&self, uid: &str, force: bool) -> bool {
         let guard = self.lock_pod(uid).await;
         let Some((record, held, netns)) = lock(&self.inner.pods)
             .get(uid)
             .map(|e| (e.record.clone(), e.netns_path(), e.netns.clone()))
         else {
-            return;
+            return false;
         };
         if !record.netns_path.exists() {
             drop(guard);
             self.forget(uid).await;
-            return;
+            return false;
         }
         let store = self.inner.registry.snapshot();
         let (decision, bypass) = self.decision(&store, &record.namespace, &record.name);
         let redirector = &self.inner.options.redirector;
         let pod_name = format!("{}/{}", record.namespace, record.name);
+        let record_was_enrolled = record.enrolled;
         if decision.enrolled() && (force || !record.enrolled) {
             if let Err(error) = redirector
                 .install(&held, &families(&record.ips), bypass)
@@ -490,7 +506,7 @@ impl Agent {
                 tracing::warn!(%error, pod = %pod_name, "enrolment failed; retrying later");
                 self.inner.metrics.operation("enrol", Err("rules"));
                 self.set_error(uid, Some(error.to_string()));
-                return;
+                return false;
             }
             let mut record = record.clone();
             record.enrolled = true;
@@ -516,6 +532,8 @@ impl Agent {
                 }
             }
             tracing::info!(pod = %pod_name, %uid, "pod enrolled");
+            self.update_gauge();
+            return !record_was_enrolled;
         } else if !decision.enrolled() && (force || record.enrolled) {
             if record.enrolled {
                 self.inner.zds.del(uid).await;
@@ -524,7 +542,7 @@ impl Agent {
                 tracing::warn!(%error, pod = %pod_name, "removing rules failed; retrying later");
                 self.inner.metrics.operation("unenrol", Err("rules"));
                 self.set_error(uid, Some(error.to_string()));
-                return;
+                return false;
             }
             let mut record = record;
             let changed = record.enrolled;
@@ -538,10 +556,11 @@ impl Agent {
                 self.inner.metrics.operation("unenrol", Ok(()));
                 tracing::info!(pod = %pod_name, %uid, ?decision, "pod removed from the mesh");
             }
-        } else {
-            self.set_error(uid, None);
+            self.update_gauge();
+            return changed;
         }
-        self.update_gauge();
+        self.set_error(uid, None);
+        false
     }
 
     /// Stops the per-pod tasks.
