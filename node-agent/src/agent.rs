@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::cni::{AgentReply, AgentRequest, Command, code};
-use crate::enrolment::{Decision, bypasses_inbound, decide_objects};
+use crate::enrolment::{Decision, bypasses_inbound, decide_known};
 use crate::metrics::Metrics;
 use crate::pods::{PodEntry, PodRecord, PodTable, RecordStore};
 use crate::redirect::Family;
@@ -137,10 +137,11 @@ impl Agent {
         }
     }
 
-    fn decision(&self, store: &Store, namespace: &str, name: &str) -> (Decision, bool) {
-        let (pod, ns) = lookup(store, namespace, name);
+    /// The decision for a known pod, and whether it bypasses inbound capture.
+    fn decision(&self, store: &Store, record: &PodRecord) -> (Decision, bool) {
+        let (pod, ns) = lookup_uid(store, &record.namespace, &record.name, &record.uid);
         (
-            decide_objects(pod, ns, &self.inner.options.node),
+            decide_known(pod, record.seen_in_registry, ns, &self.inner.options.node),
             bypasses_inbound(pod),
         )
     }
@@ -202,9 +203,9 @@ impl Agent {
         .find(|u| !u.is_empty())
         .unwrap_or_default();
         let _guard = self.lock_pod(&uid).await;
-        let (decision, bypass) = self.decision(&store, &req.pod_namespace, &req.pod_name);
+        let (pod, _) = lookup_uid(&store, &req.pod_namespace, &req.pod_name, &uid);
         let id = netns.id();
-        let record = PodRecord {
+        let mut record = PodRecord {
             uid: uid.clone(),
             namespace: req.pod_namespace.clone(),
             name: req.pod_name.clone(),
@@ -214,8 +215,11 @@ impl Agent {
             netns_ino: id.ino,
             ips: req.ips.clone(),
             service_account: service_account(pod),
-            enrolled: decision.enrolled(),
+            enrolled: false,
+            seen_in_registry: pod.is_some(),
         };
+        let (decision, bypass) = self.decision(&store, &record);
+        record.enrolled = decision.enrolled();
         let entry = PodEntry {
             record: record.clone(),
             netns: netns.clone(),
@@ -345,9 +349,10 @@ impl Agent {
 
     async fn cni_check(&self, req: AgentRequest) -> AgentReply {
         let store = self.inner.registry.snapshot();
-        let (decision, bypass) = self.decision(&store, &req.pod_namespace, &req.pod_name);
         let pod_name = format!("{}/{}", req.pod_namespace, req.pod_name);
         let Some(uid) = self.find_uid(&req) else {
+            let (pod, ns) = lookup(&store, &req.pod_namespace, &req.pod_name);
+            let decision = decide_known(pod, false, ns, &self.inner.options.node);
             return if decision.enrolled() {
                 AgentReply::error(
                     code::CHECK_FAILED,
@@ -360,12 +365,14 @@ impl Agent {
             };
         };
         let _guard = self.lock_pod(&uid).await;
-        let Some((enrolled, held, ips)) = lock(&self.inner.pods)
+        let Some((record, held)) = lock(&self.inner.pods)
             .get(&uid)
-            .map(|e| (e.record.enrolled, e.netns_path(), e.record.ips.clone()))
+            .map(|e| (e.record.clone(), e.netns_path()))
         else {
             return AgentReply::ok();
         };
+        let (_, bypass) = self.decision(&store, &record);
+        let (enrolled, ips) = (record.enrolled, record.ips);
         if !enrolled {
             return AgentReply::ok();
         }
@@ -444,19 +451,32 @@ impl Agent {
     /// in its own task, so a slow pod does not hold up the others.
     pub fn reconcile_changed(&self) {
         let store = self.inner.registry.snapshot();
-        let stale: Vec<String> = lock(&self.inner.pods)
-            .values()
-            .filter(|e| {
-                !e.record.netns_path.exists()
-                    || self
-                        .decision(&store, &e.record.namespace, &e.record.name)
+        let mut newly_seen = Vec::new();
+        let stale: Vec<String> = {
+            let mut pods = lock(&self.inner.pods);
+            for entry in pods.values_mut() {
+                let r = &mut entry.record;
+                if !r.seen_in_registry
+                    && lookup_uid(&store, &r.namespace, &r.name, &r.uid)
                         .0
-                        .enrolled()
-                        != e.record.enrolled
-                    || e.last_error.is_some()
-            })
-            .map(|e| e.record.uid.clone())
-            .collect();
+                        .is_some()
+                {
+                    r.seen_in_registry = true;
+                    newly_seen.push(r.clone());
+                }
+            }
+            pods.values()
+                .filter(|e| {
+                    !e.record.netns_path.exists()
+                        || self.decision(&store, &e.record).0.enrolled() != e.record.enrolled
+                        || e.last_error.is_some()
+                })
+                .map(|e| e.record.uid.clone())
+                .collect()
+        };
+        for record in &newly_seen {
+            self.write_record(record);
+        }
         let mut tasks = lock(&self.inner.tasks);
         while tasks.try_join_next().is_some() {}
         for uid in stale {
@@ -494,7 +514,7 @@ impl Agent {
             return false;
         }
         let store = self.inner.registry.snapshot();
-        let (decision, bypass) = self.decision(&store, &record.namespace, &record.name);
+        let (decision, bypass) = self.decision(&store, &record);
         let redirector = &self.inner.options.redirector;
         let pod_name = format!("{}/{}", record.namespace, record.name);
         let record_was_enrolled = record.enrolled;
@@ -511,7 +531,7 @@ impl Agent {
             let mut record = record.clone();
             record.enrolled = true;
             record.service_account =
-                service_account(lookup(&store, &record.namespace, &record.name).0);
+                service_account(lookup_uid(&store, &record.namespace, &record.name, uid).0);
             let entry = PodEntry {
                 record: record.clone(),
                 netns,
@@ -577,7 +597,7 @@ impl Agent {
             .values()
             .map(|e| {
                 let r = &e.record;
-                let (decision, _) = self.decision(&store, &r.namespace, &r.name);
+                let (decision, _) = self.decision(&store, r);
                 json!({
                     "uid": r.uid,
                     "namespace": r.namespace,
@@ -588,6 +608,7 @@ impl Agent {
                     "ips": r.ips,
                     "serviceAccount": r.service_account,
                     "enrolled": r.enrolled,
+                    "seenInRegistry": r.seen_in_registry,
                     "decision": match decision {
                         Decision::Enrol => "enrol".to_string(),
                         Decision::Skip(reason) => format!("skip: {}", reason.as_str()),
@@ -617,6 +638,24 @@ fn lookup<'a>(
     )
 }
 
+/// `lookup`, but a registry pod with another uid is another pod (one
+/// recreated under the same name) and does not count.
+fn lookup_uid<'a>(
+    store: &'a Store,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> (Option<&'a Pod>, Option<&'a Namespace>) {
+    let (pod, ns) = lookup(store, namespace, name);
+    let pod = pod.filter(|p| {
+        p.metadata
+            .uid
+            .as_deref()
+            .is_none_or(|u| u.is_empty() || u == uid)
+    });
+    (pod, ns)
+}
+
 fn service_account(pod: Option<&Pod>) -> String {
     pod.and_then(|p| p.spec.as_ref())
         .and_then(|s| s.service_account_name.clone())
@@ -626,7 +665,7 @@ fn service_account(pod: Option<&Pod>) -> String {
 
 fn zds_pod(entry: &PodEntry, store: &Store) -> ZdsPod {
     let r = &entry.record;
-    let (pod, _) = lookup(store, &r.namespace, &r.name);
+    let (pod, _) = lookup_uid(store, &r.namespace, &r.name, &r.uid);
     ZdsPod {
         uid: r.uid.clone(),
         name: r.name.clone(),

@@ -118,6 +118,15 @@ impl App {
             records,
             metrics.clone(),
         );
+        let kube_options = (config.source == SourceKind::Kube).then(|| {
+            let options = KubeSourceOptions {
+                kinds: vec![Kind::Namespace, Kind::Pod],
+                readiness: Some(readiness.clone()),
+                ..KubeSourceOptions::default()
+            };
+            options.metrics.register(&mut metrics_registry);
+            options
+        });
         let metrics_registry = Arc::new(metrics_registry);
         let router: admin::Router = {
             let (readiness, agent) = (readiness.clone(), agent.clone());
@@ -144,12 +153,7 @@ impl App {
                     Some(path) => ClientSource::Kubeconfig(path.clone()),
                     None => ClientSource::Infer,
                 };
-                let options = KubeSourceOptions {
-                    kinds: vec![Kind::Namespace, Kind::Pod],
-                    readiness: Some(readiness.clone()),
-                    ..KubeSourceOptions::default()
-                };
-                options.metrics.register(&mut MetricsRegistry::default());
+                let options = kube_options.unwrap_or_default();
                 let source = KubeSource::connect(&from, registry.clone(), options).await?;
                 source.wait_synced().await;
                 Source::Kube(Box::new(source))

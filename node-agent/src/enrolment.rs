@@ -52,6 +52,8 @@ pub enum SkipReason {
     Sidecar,
     /// The pod is scheduled to another node.
     OtherNode,
+    /// The registry had the pod and no longer has it: it is being deleted.
+    Deleted,
 }
 
 impl SkipReason {
@@ -62,6 +64,7 @@ impl SkipReason {
             SkipReason::HostNetwork => "host network",
             SkipReason::Sidecar => "sidecar",
             SkipReason::OtherNode => "other node",
+            SkipReason::Deleted => "deleted",
         }
     }
 }
@@ -116,6 +119,22 @@ pub fn decide_objects(pod: Option<&Pod>, namespace: Option<&Namespace>, node: &s
         namespace.and_then(|ns| ns.metadata.labels.as_ref()),
         node,
     )
+}
+
+/// Decides for a pod the agent knows from CNI: `pod` is the registry's
+/// object of that name with the same uid, if any. A pod the registry showed
+/// before and no longer shows is on its way out and leaves the mesh; one it
+/// has not shown yet is judged by its namespace.
+pub fn decide_known(
+    pod: Option<&Pod>,
+    seen_before: bool,
+    namespace: Option<&Namespace>,
+    node: &str,
+) -> Decision {
+    if pod.is_none() && seen_before {
+        return Decision::Skip(SkipReason::Deleted);
+    }
+    decide_objects(pod, namespace, node)
 }
 
 /// Whether the pod keeps inbound traffic out of capture.
@@ -206,6 +225,25 @@ mod tests {
         assert_eq!(
             decide_objects(None, None, "n"),
             Decision::Skip(SkipReason::NotLabelled)
+        );
+    }
+
+    #[test]
+    fn a_pod_gone_from_the_registry_leaves() {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop", "labels": {DATAPLANE_MODE: "ambient"}}
+        }))
+        .unwrap();
+        let pod: Pod =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}})).unwrap();
+        assert_eq!(
+            decide_known(None, true, Some(&ns), "n"),
+            Decision::Skip(SkipReason::Deleted)
+        );
+        assert_eq!(decide_known(None, false, Some(&ns), "n"), Decision::Enrol);
+        assert_eq!(
+            decide_known(Some(&pod), true, Some(&ns), "n"),
+            Decision::Enrol
         );
     }
 

@@ -74,6 +74,16 @@ async fn labels_on_running_pods_enrol_and_remove_them_live() -> Result<()> {
     node.pod("shop", "cart-0", "uid-cart-0", None)?;
     assert!(matches!(ztunnel.next().await?, Event::Add { uid, .. } if uid == "uid-cart-0"));
     rules(&pod, true).await?;
+
+    // The pod is deleted from the registry: it leaves before its CNI DEL.
+    std::fs::remove_file(node.resources().join("pod-shop-cart-0.yaml"))?;
+    assert_eq!(
+        ztunnel.next().await?,
+        Event::Del {
+            uid: "uid-cart-0".into()
+        }
+    );
+    rules(&pod, false).await?;
     app.shutdown().await;
     Ok(())
 }

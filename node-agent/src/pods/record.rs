@@ -29,6 +29,10 @@ pub struct PodRecord {
     pub service_account: String,
     /// Whether rules are installed and ztunnel was told.
     pub enrolled: bool,
+    /// Whether the registry has shown this pod (so its absence later means
+    /// it was deleted, not that the registry is behind).
+    #[serde(default)]
+    pub seen_in_registry: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +174,7 @@ mod tests {
             ips: vec!["10.1.0.5".parse().unwrap()],
             service_account: "cart".into(),
             enrolled: true,
+            seen_in_registry: true,
         }
     }
 
