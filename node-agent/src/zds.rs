@@ -8,6 +8,8 @@
 
 mod conn;
 
+pub use conn::{ExchangeError, read_answer, read_hello};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use conn::{Conn, ExchangeError};
+use conn::Conn;
 
 /// Per-message read/write deadline (spec 5).
 pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
