@@ -113,3 +113,45 @@ async fn an_outbound_connection_reaches_15001_with_its_original_destination() ->
     assert!(accepted.is_err(), "a marked connection was redirected");
     Ok(())
 }
+
+#[tokio::test]
+async fn ipv6_gets_its_own_rules_and_route() -> Result<()> {
+    let ns = Netns::new("rules6")?;
+    let redirector = Redirector::default();
+    let path = ns.path();
+    redirector
+        .install(&path, &[Family::V4, Family::V6], false)
+        .await?;
+    let saved6 = ns.exec("ip6tables-save", &[])?;
+    assert!(saved6.contains("-A ISTIO_OUTPUT ! -d ::1/128 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"), "{saved6}");
+    assert!(
+        saved6.contains(
+            "-A ISTIO_PRERT -s fd16:9254:7127:1337:ffff:ffff:ffff:ffff/128 -p tcp -j ACCEPT"
+        ),
+        "{saved6}"
+    );
+    let rule = ns.ip(&["-6", "rule", "show", "pref", "32764"])?;
+    assert!(rule.contains("fwmark 0x111/0xfff lookup 100"), "{rule}");
+    let route = ns.ip(&["-6", "route", "show", "table", "100"])?;
+    assert!(route.contains("local default dev lo"), "{route}");
+    assert!(
+        redirector
+            .is_installed(&path, &[Family::V4, Family::V6], false)
+            .await?
+    );
+
+    redirector.remove(&path).await?;
+    assert!(ours(&ns.exec("ip6tables-save", &[])?).is_empty());
+    assert!(ours(&ns.exec("iptables-save", &[])?).is_empty());
+    assert!(
+        ns.ip(&["-6", "rule", "show", "pref", "32764"])?
+            .trim()
+            .is_empty()
+    );
+    assert!(
+        ns.ip(&["-6", "route", "show", "table", "100"])?
+            .trim()
+            .is_empty()
+    );
+    Ok(())
+}

@@ -157,12 +157,15 @@ impl Node {
     }
 
     pub async fn start(&self, ack_timeout: &str) -> Result<App> {
-        let config = Config::from_args([
-            "node-agent".to_string(),
-            "--node".into(),
-            "node-a".into(),
-            "--dir".into(),
-            self.resources().display().to_string(),
+        let source = ["--dir".to_string(), self.resources().display().to_string()];
+        self.start_with(&source, ack_timeout).await
+    }
+
+    /// Starts with `source` flags (`--dir ...` or `--source kube ...`).
+    pub async fn start_with(&self, source: &[String], ack_timeout: &str) -> Result<App> {
+        let mut args = vec!["node-agent".to_string(), "--node".into(), "node-a".into()];
+        args.extend(source.iter().cloned());
+        args.extend([
             "--zds-socket".into(),
             self.zds_socket().display().to_string(),
             "--cni-socket".into(),
@@ -175,7 +178,8 @@ impl Node {
             ack_timeout.into(),
             "--drain-deadline".into(),
             "2s".into(),
-        ])?;
+        ]);
+        let config = Config::from_args(args)?;
         Ok(App::start(config, LogControl::detached()).await?)
     }
 
