@@ -8,6 +8,8 @@ for pair in ip:iproute2 iptables:iptables ip6tables:iptables socat:socat tcpdump
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 command -v node >/dev/null 2>&1 || need+=(nodejs)
+# The standard bridge and host-local CNI plugins, which ambit-cni is chained after.
+[ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
