@@ -155,6 +155,12 @@ impl Agent {
         }
     }
 
+    fn set_enrolled(&self, uid: &str, enrolled: bool) {
+        if let Some(entry) = lock(&self.inner.pods).get_mut(uid) {
+            entry.record.enrolled = enrolled;
+        }
+    }
+
     fn set_error(&self, uid: &str, error: Option<String>) {
         if let Some(entry) = lock(&self.inner.pods).get_mut(uid) {
             entry.last_error = error;

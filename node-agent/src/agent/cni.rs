@@ -179,6 +179,7 @@ impl Agent {
         else {
             return;
         };
+        self.set_enrolled(uid, false);
         if enrolled {
             self.inner.zds.del(uid).await;
         }

@@ -167,12 +167,17 @@ impl Agent {
             self.update_gauge();
             return !record_was_enrolled;
         } else if !decision.enrolled() && (force || record.enrolled) {
+            // Out of the table's enrolled set first, so a ztunnel connecting
+            // meanwhile is not offered the pod in its snapshot.
+            self.set_enrolled(uid, false);
             if record.enrolled {
                 self.inner.zds.del(uid).await;
             }
             if let Err(error) = redirector.remove(&held).await {
                 tracing::warn!(%error, pod = %pod_name, "removing rules failed; retrying later");
                 self.inner.metrics.operation("unenrol", Err("rules"));
+                // Still counted as enrolled, so the resync tries again.
+                self.set_enrolled(uid, true);
                 self.set_error(uid, Some(error.to_string()));
                 return false;
             }
