@@ -26,7 +26,12 @@ async fn add_check_del_of_an_enrolled_pod() -> Result<()> {
     let pod = Netns::new("cni-add")?;
     let netns = pod.path().display().to_string();
     let conf = net_conf(&node.cni_socket(), "10s");
+    let started = std::time::Instant::now();
     let add = run_plugin(&pod_env("ADD", &netns, ARGS), &conf).await?;
+    eprintln!(
+        "ADD of an enrolled pod, plugin process included: {:?}",
+        started.elapsed()
+    );
     assert!(add.status.success(), "{add:?}");
     let prev: Value = serde_json::from_str::<Value>(&conf)?["prevResult"].clone();
     assert_eq!(add.json(), prev, "prevResult passes through unchanged");

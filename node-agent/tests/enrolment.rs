@@ -54,6 +54,7 @@ async fn labels_on_running_pods_enrol_and_remove_them_live() -> Result<()> {
         matches!(&event, Event::Add { uid, netns, .. } if uid == "uid-cart-0" && *netns == netns_id(&pod)),
         "{event:?}"
     );
+    eprintln!("namespace label to ztunnel Add: {took:?}");
     assert!(took < Duration::from_secs(1), "enrolled after {took:?}");
     rules(&pod, true).await?;
 
@@ -68,6 +69,7 @@ async fn labels_on_running_pods_enrol_and_remove_them_live() -> Result<()> {
     );
     rules(&pod, false).await?;
     let took = started.elapsed();
+    eprintln!("pod opt-out to rules removed: {took:?}");
     assert!(took < Duration::from_secs(1), "removed after {took:?}");
 
     // The pod label goes; the namespace's applies again.
