@@ -274,6 +274,7 @@ async fn run_command(
     if pod_namespace.is_empty() || pod_name.is_empty() {
         return Ok(passthrough());
     }
+    let pod = format!("{pod_namespace}/{pod_name}");
     let request = AgentRequest {
         command,
         container_id,
@@ -304,10 +305,7 @@ async fn run_command(
                 reply.code
             },
             format!("node agent: {}", reply.message),
-            format!(
-                "pod {}",
-                arg("K8S_POD_NAMESPACE") + "/" + &arg("K8S_POD_NAME")
-            ),
+            format!("pod {pod}"),
         )),
         Err(Unreachable(reason)) if command == Command::Del => {
             del_without_agent(&conf.cni_socket, &netns, &reason).await?;
