@@ -52,6 +52,8 @@ pub enum ZdsServerError {
     NoZtunnel(Duration),
     #[error("ztunnel refused pod {uid}: {message}")]
     Nack { uid: String, message: String },
+    #[error("the node agent is shutting down")]
+    ShuttingDown,
 }
 
 impl ZdsServerError {
@@ -59,6 +61,7 @@ impl ZdsServerError {
         match self {
             ZdsServerError::NoZtunnel(_) => "no_ztunnel",
             ZdsServerError::Nack { .. } => "nack",
+            ZdsServerError::ShuttingDown => "shutdown",
         }
     }
 }
@@ -78,6 +81,8 @@ struct Inner {
     /// interleave on one socket or miss each other.
     conns: Mutex<Vec<Conn>>,
     ready: watch::Sender<usize>,
+    /// Set when drain starts: Adds waiting for a ztunnel give up at once.
+    closing: watch::Sender<bool>,
     next_id: AtomicU64,
     snapshot: SnapshotFn,
     message_timeout: Duration,
@@ -98,6 +103,7 @@ impl ZdsServer {
             inner: Arc::new(Inner {
                 conns: Mutex::new(Vec::new()),
                 ready: watch::channel(0).0,
+                closing: watch::channel(false).0,
                 next_id: AtomicU64::new(1),
                 snapshot,
                 message_timeout,
@@ -139,6 +145,7 @@ impl ZdsServer {
                     _ = drain.draining() => break,
                 }
             }
+            server.inner.closing.send_replace(true);
             handshakes.shutdown().await;
             let mut conns = server.inner.conns.lock().await;
             conns.clear();
@@ -235,7 +242,11 @@ impl ZdsServer {
         let started = Instant::now();
         let request = add_request(pod);
         let no_ztunnel = || ZdsServerError::NoZtunnel(started.elapsed());
+        let mut closing = self.inner.closing.subscribe();
         loop {
+            if *closing.borrow_and_update() {
+                return Err(ZdsServerError::ShuttingDown);
+            }
             {
                 let mut conns = tokio::time::timeout_at(deadline, self.inner.conns.lock())
                     .await
@@ -268,10 +279,12 @@ impl ZdsServer {
                 }
             }
             let mut ready = self.inner.ready.subscribe();
-            tokio::time::timeout_at(deadline, ready.wait_for(|n| *n > 0))
-                .await
-                .map_err(|_| no_ztunnel())?
-                .map_err(|_| no_ztunnel())?;
+            tokio::select! {
+                waited = tokio::time::timeout_at(deadline, ready.wait_for(|n| *n > 0)) => {
+                    waited.map_err(|_| no_ztunnel())?.map_err(|_| no_ztunnel())?;
+                }
+                _ = closing.wait_for(|c| *c) => return Err(ZdsServerError::ShuttingDown),
+            }
         }
     }
 

@@ -188,5 +188,15 @@ async fn shutdown_is_bounded_with_an_add_in_flight() -> Result<()> {
     let run = tokio::time::timeout(Duration::from_secs(5), plugin).await???;
     assert!(!run.status.success(), "{run:?}");
     assert_eq!(run.json()["code"], 11);
+    assert!(
+        run.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"),
+        "{run:?}"
+    );
+    // The interrupted ADD was undone: no half-wired pod is left behind.
+    assert!(!has_rules(&pod));
+    assert!(!node.state_dir().join("pods/uid-cart-0.json").exists());
     Ok(())
 }

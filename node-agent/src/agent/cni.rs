@@ -129,7 +129,9 @@ impl Agent {
                 self.undo_add(&uid, &held).await;
                 self.inner.metrics.operation("enrol", Err(error.reason()));
                 let code = match error {
-                    ZdsServerError::NoZtunnel(_) => code::TRY_AGAIN_LATER,
+                    ZdsServerError::NoZtunnel(_) | ZdsServerError::ShuttingDown => {
+                        code::TRY_AGAIN_LATER
+                    }
                     ZdsServerError::Nack { .. } => code::ENROLMENT_FAILED,
                 };
                 AgentReply::error(code, format!("pod {pod_name}: {error}"))
