@@ -63,7 +63,16 @@ async fn add_check_del_of_an_enrolled_pod() -> Result<()> {
     let admin = reqwest_like(app.admin, "/debug/pods").await?;
     assert!(admin.contains("uid-cart-0"), "{admin}");
     let metrics = reqwest_like(app.admin, "/metrics").await?;
-    assert!(metrics.contains("node_agent_pods_enrolled 1"), "{metrics}");
+    for line in [
+        "node_agent_pods_enrolled 1",
+        "node_agent_zds_connections 1",
+        "node_agent_zds_connections_accepted_total 1",
+        r#"node_agent_operations_total{operation="enrol",result="ok",reason=""} 1"#,
+        r#"node_agent_cni_requests_total{command="ADD",result="ok"} 1"#,
+        r#"node_agent_cni_requests_total{command="CHECK",result="failed"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
 
     let del = run_plugin(&pod_env("DEL", &netns, ARGS), &conf).await?;
     assert!(del.status.success(), "{del:?}");
