@@ -4,7 +4,7 @@
 set -euo pipefail
 need=()
 for pair in ip:iproute2 iptables:iptables ip6tables:iptables socat:socat tcpdump:tcpdump openssl:openssl \
-            curl:curl taskset:util-linux iperf3:iperf3; do
+            curl:curl taskset:util-linux nsenter:util-linux iperf3:iperf3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 command -v node >/dev/null 2>&1 || need+=(nodejs)

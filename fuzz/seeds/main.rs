@@ -552,6 +552,53 @@ fn xds_requests_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Datagrams as `zds_messages` reads them: a length byte, then the bytes.
+fn zds_datagrams(datagrams: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for d in datagrams {
+        out.push(d.len() as u8);
+        out.extend_from_slice(d);
+    }
+    out
+}
+
+fn zds_messages_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    // ZdsHello{version: V1}; WorkloadResponse{ack: Ack{}}; a NACK; an
+    // empty response; a hello with an unknown version.
+    let hello: &[u8] = &[0x08, 0x01];
+    let ack: &[u8] = &[0x0a, 0x00];
+    let nack: &[u8] = &[0x0a, 0x06, 0x0a, 0x04, b'n', b'o', b'p', b'e'];
+    vec![
+        ("hello-ack", zds_datagrams(&[hello, ack])),
+        ("hello-ack-nack-ack", zds_datagrams(&[hello, ack, nack, ack])),
+        ("empty-answer", zds_datagrams(&[hello, &[]])),
+        ("odd-version", zds_datagrams(&[&[0x08, 0x07], ack])),
+        ("garbage", zds_datagrams(&[&[0xff, 0xff, 0xff], &[0x0a, 0x80]])),
+    ]
+}
+
+fn cni_stdin_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let with_mode = |mode: u8, text: &str| {
+        let mut out = vec![mode];
+        out.extend_from_slice(text.as_bytes());
+        out
+    };
+    let chained = r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"ambit-cni","cniSocket":"/var/run/ambit/cni.sock","timeout":"30s","prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/p"}],"ips":[{"address":"10.22.0.5/24","gateway":"10.22.0.1","interface":0},{"address":"fd00::5/64"}]}}"#;
+    let old = r#"{"cniVersion":"0.3.1","name":"k8s","type":"ambit-cni","prevResult":{"cniVersion":"0.3.1","ips":[{"version":"4","address":"10.1.0.7/16"}]}}"#;
+    let bare = r#"{"cniVersion":"0.4.0","name":"k8s","type":"ambit-cni"}"#;
+    vec![
+        ("conf-chained", with_mode(0, chained)),
+        ("conf-old", with_mode(0, old)),
+        ("conf-bad-timeout", with_mode(0, r#"{"cniVersion":"1.0.0","name":"k","type":"t","timeout":"5d"}"#)),
+        ("args", with_mode(1, "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-0;K8S_POD_UID=9f1c;K8S_POD_INFRA_CONTAINER_ID=c0ffee")),
+        ("run-version", with_mode(4, r#"{"cniVersion":"0.4.0"}"#)),
+        ("run-add-chained", with_mode(5, chained)),
+        ("run-add-bare", with_mode(5, bare)),
+        ("run-check", with_mode(6, old)),
+        ("run-unknown", with_mode(7, bare)),
+    ]
+}
+
 fn write(target: &str, seeds: Vec<(&'static str, Vec<u8>)>) {
     // `cargo run` knows the crate directory; a bare `rustc` build runs from fuzz/.
     let root = option_env!("CARGO_MANIFEST_DIR").unwrap_or(".");
@@ -570,4 +617,6 @@ fn main() {
     write("ca_request", ca_request_seeds());
     write("registry_yaml", registry_yaml_seeds());
     write("xds_requests", xds_requests_seeds());
+    write("zds_messages", zds_messages_seeds());
+    write("cni_stdin", cni_stdin_seeds());
 }
