@@ -19,7 +19,6 @@ mod common;
 /// it releases it from the agent. Needs the `node-agent`, `ambit-cni`
 /// and in-pod `ztunnel` binaries beside `ambit` (or in AMBIT_BIN_DIR).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the node-agent, ambit-cni and in-pod ztunnel binaries"]
 async fn the_mesh_enrols_labelled_pods_and_new_pods_wait_for_their_node_agent() -> Result<()> {
     use ambit::cluster::probe;
     use ambit::label::{self, LabelChange, Target};
