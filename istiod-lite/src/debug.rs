@@ -15,7 +15,7 @@ pub fn config_dump(snapshot: &Snapshot) -> Value {
     for (type_url, resources) in &snapshot.types {
         let mut out = serde_json::Map::new();
         for (name, resource) in resources {
-            let decoded = decode(type_url, &resource.body.value);
+            let decoded = decode(type_url, &resource.body().value);
             out.insert(
                 name.to_string(),
                 json!({"version": resource.version, "resource": decoded}),

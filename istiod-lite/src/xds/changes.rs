@@ -127,7 +127,7 @@ mod tests {
     fn resource(n: u64) -> Arc<Resource> {
         Arc::new(Resource {
             version: format!("{n:016x}"),
-            body: prost_types::Any::default(),
+            wire: bytes::Bytes::new(),
         })
     }
 

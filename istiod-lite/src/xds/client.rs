@@ -6,14 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mesh_api::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as WireResource,
-};
-use prost::Message;
+use mesh_api::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::Snapshot;
 use super::changes::delta_from_changes;
 use super::delta::{Delta, HeldVersion, Subscription, diff, parse_version};
+use super::response::{PushResponse, SentResource};
 
 /// More types than any client of workload xDS uses; a bound on the state a
 /// stream can make the server hold.
@@ -179,7 +177,7 @@ impl ClientState {
         &mut self,
         snapshot: &Snapshot,
         mut next_nonce: impl FnMut() -> String,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    ) -> Vec<PushResponse> {
         if snapshot.published_at.is_none() {
             return Vec::new();
         }
@@ -213,17 +211,11 @@ impl ClientState {
                     state.has = held_of(&state.subscription, snapshot.resources(type_url));
                 }
             }
-            let response = DeltaDiscoveryResponse {
-                system_version_info: String::new(),
+            let response = PushResponse {
                 resources: delta
                     .resources
                     .into_iter()
-                    .map(|(name, resource)| WireResource {
-                        version: resource.version.clone(),
-                        resource: Some(resource.body.clone()),
-                        name: name.to_string(),
-                        ..Default::default()
-                    })
+                    .map(|(name, resource)| SentResource { name, resource })
                     .collect(),
                 type_url: type_url.clone(),
                 nonce: nonce.clone(),
@@ -366,8 +358,8 @@ mod tests {
         }
     }
 
-    fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
-        r.resources.iter().map(|r| r.name.as_str()).collect()
+    fn names(r: &PushResponse) -> Vec<&str> {
+        r.resources.iter().map(|r| &*r.name).collect()
     }
 
     #[test]
@@ -584,7 +576,7 @@ mod tests {
         let mut second = next(&first, &[("a", "1"), ("b", "2")]);
         second.types.get_mut(T).unwrap().insert(
             Arc::from("a"),
-            Arc::new(super::super::Resource::encode(T, &"3".to_string())),
+            Arc::new(super::super::Resource::encode(T, "a", &"3".to_string())),
         );
         let r = c.responses(&second, &mut nonce);
         assert_eq!(names(&r[0]), ["b"]);

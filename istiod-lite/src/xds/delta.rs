@@ -144,7 +144,7 @@ mod tests {
     fn resource(version: &str) -> Arc<Resource> {
         Arc::new(Resource {
             version: full(version),
-            body: prost_types::Any::default(),
+            wire: bytes::Bytes::new(),
         })
     }
 
