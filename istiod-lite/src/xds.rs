@@ -10,6 +10,7 @@ mod changes;
 mod client;
 mod codec;
 mod delta;
+mod held;
 mod info;
 mod metrics;
 mod publish;
@@ -21,6 +22,7 @@ mod service;
 pub use changes::{Changes, TypeChanges, changes_between};
 pub use client::{ClientState, MAX_TYPES_PER_CLIENT, NodeInfo, RequestError, RequestOutcome};
 pub use delta::{Delta, HeldVersion, Subscription, diff, parse_version};
+pub use held::Held;
 pub use info::{ClientInfo, TypeInfo};
 pub use metrics::XdsMetrics;
 pub use publish::{DEFAULT_DEBOUNCE, DEFAULT_MAX_DELAY, publish};
@@ -47,7 +49,9 @@ pub type Resources = BTreeMap<Arc<str>, Arc<Resource>>;
 /// is sent this one's `changes`; any other client is compared in full.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    pub types: BTreeMap<String, Resources>,
+    /// Shared, so that a client in sync holds its type's map instead of a
+    /// copy of every name.
+    pub types: BTreeMap<String, Arc<Resources>>,
     /// When the snapshot was handed to the server. `None` until the first
     /// build is published: clients get no answer before that, so a client
     /// reconnecting to a control plane that has not loaded its registry yet
@@ -122,10 +126,8 @@ impl Snapshot {
     ) {
         let name = name.into();
         let resource = Arc::new(Resource::encode(type_url, &name, message));
-        self.types
-            .entry(type_url.to_string())
-            .or_default()
-            .insert(name, resource);
+        let resources = self.types.entry(type_url.to_string()).or_default();
+        Arc::make_mut(resources).insert(name, resource);
     }
 
     /// Declares a type URL the server knows, even while it has no resources,
@@ -136,7 +138,7 @@ impl Snapshot {
 
     /// The resources of `type_url`, if the type is known.
     pub fn resources(&self, type_url: &str) -> Option<&Resources> {
-        self.types.get(type_url)
+        self.types.get(type_url).map(|r| &**r)
     }
 
     /// Whether the content (not the publish time) is the same.

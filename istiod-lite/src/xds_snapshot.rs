@@ -16,11 +16,12 @@ use std::sync::Arc;
 use crate::translate::{Touched, Translation};
 use crate::xds::{Resource, Resources, Snapshot};
 
-/// The encoded resources of the last snapshot built.
+/// The encoded resources of the last snapshot built. A type without a
+/// change keeps its map, shared with the snapshots published since.
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
-    addresses: Resources,
-    authorizations: Resources,
+    addresses: Arc<Resources>,
+    authorizations: Arc<Resources>,
 }
 
 impl SnapshotBuilder {
@@ -81,10 +82,14 @@ impl SnapshotBuilder {
 }
 
 /// Replaces `kept` by the encoding of every message of `current`.
-fn rebuild<M: prost::Message>(kept: &mut Resources, type_url: &str, current: &BTreeMap<String, M>) {
-    let mut previous = std::mem::take(kept);
+fn rebuild<M: prost::Message>(
+    kept: &mut Arc<Resources>,
+    type_url: &str,
+    current: &BTreeMap<String, M>,
+) {
+    let mut previous = Arc::unwrap_or_clone(std::mem::take(kept));
     // Both maps iterate in name order, so collecting builds the map in bulk.
-    *kept = current
+    let rebuilt: Resources = current
         .iter()
         .map(|(name, message)| {
             let fresh = Resource::encode(type_url, name, message);
@@ -97,15 +102,21 @@ fn rebuild<M: prost::Message>(kept: &mut Resources, type_url: &str, current: &BT
             }
         })
         .collect();
+    *kept = Arc::new(rebuilt);
 }
 
 /// Encodes again only the `touched` names of `current`.
 fn patch<M: prost::Message>(
-    kept: &mut Resources,
+    kept: &mut Arc<Resources>,
     type_url: &str,
     current: &BTreeMap<String, M>,
     touched: &BTreeSet<String>,
 ) {
+    if touched.is_empty() {
+        return;
+    }
+    // A copy of the map (not of the resources) when a snapshot shares it.
+    let kept = Arc::make_mut(kept);
     for name in touched {
         let Some(message) = current.get(name) else {
             kept.remove(name.as_str());
