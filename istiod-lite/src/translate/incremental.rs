@@ -20,6 +20,7 @@
 //!   another namespace, when either namespace is touched (endpoints are
 //!   matched to pods by IP, across namespaces).
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -155,18 +156,47 @@ fn changed_namespaces(old: &Store, new: &Store, mesh: &MeshConfig) -> Option<BTr
     Some(touched)
 }
 
-/// Keys added, removed, or whose object changed. Objects the source did not
-/// change keep their allocation, so most are told apart by pointer.
+/// Keys added, removed, or whose object changed, in one walk over both
+/// maps in key order. Objects the source did not change keep their
+/// allocation, so most are told apart by pointer.
 fn changed<'a, T: PartialEq>(
     old: &'a BTreeMap<NamespacedName, Arc<T>>,
     new: &'a BTreeMap<NamespacedName, Arc<T>>,
 ) -> impl Iterator<Item = &'a NamespacedName> + 'a {
-    let removed = old.keys().filter(|k| !new.contains_key(*k));
-    let added_or_changed = new.iter().filter_map(|(k, object)| match old.get(k) {
-        Some(was) if Arc::ptr_eq(was, object) || **was == **object => None,
-        _ => Some(k),
-    });
-    removed.chain(added_or_changed)
+    let mut old = old.iter().peekable();
+    let mut new = new.iter().peekable();
+    std::iter::from_fn(move || {
+        loop {
+            match (old.peek().copied(), new.peek().copied()) {
+                (None, None) => return None,
+                (Some((removed, _)), None) => {
+                    old.next();
+                    return Some(removed);
+                }
+                (None, Some((added, _))) => {
+                    new.next();
+                    return Some(added);
+                }
+                (Some((a, was)), Some((b, is))) => match a.cmp(b) {
+                    Ordering::Less => {
+                        old.next();
+                        return Some(a);
+                    }
+                    Ordering::Greater => {
+                        new.next();
+                        return Some(b);
+                    }
+                    Ordering::Equal => {
+                        old.next();
+                        new.next();
+                        if !(Arc::ptr_eq(was, is) || **was == **is) {
+                            return Some(b);
+                        }
+                    }
+                },
+            }
+        }
+    })
 }
 
 /// Whether an endpoint of a selector-less Service's EndpointSlice is the IP

@@ -291,3 +291,26 @@ fn cross_namespace_inputs_are_translated_in_full() {
         }
     }
 }
+
+#[test]
+fn changed_keys_are_found_in_one_walk() {
+    let key = |n: &str| NamespacedName::new("ns", n);
+    let shared = Arc::new(1);
+    let old: BTreeMap<NamespacedName, Arc<i32>> = [
+        (key("a"), shared.clone()),
+        (key("b"), Arc::new(2)),
+        (key("c"), Arc::new(3)),
+        (key("e"), Arc::new(5)),
+    ]
+    .into();
+    let new: BTreeMap<NamespacedName, Arc<i32>> = [
+        (key("a"), shared),
+        // Another allocation with the same value is unchanged.
+        (key("b"), Arc::new(2)),
+        (key("c"), Arc::new(30)),
+        (key("d"), Arc::new(4)),
+    ]
+    .into();
+    let found: Vec<&str> = changed(&old, &new).map(|k| k.name.as_str()).collect();
+    assert_eq!(found, ["c", "d", "e"]);
+}
