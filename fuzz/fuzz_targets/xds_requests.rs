@@ -80,11 +80,11 @@ fuzz_target!(|input: &[u8]| {
             let held = snapshot.resources(&response.type_url);
             for r in &response.resources {
                 assert!(
-                    held.is_some_and(|h| h.contains_key(r.name.as_str())),
+                    held.is_some_and(|h| h.contains_key(&*r.name)),
                     "sent {} which the snapshot does not hold",
                     r.name
                 );
-                assert!(!response.removed_resources.contains(&r.name));
+                assert!(!response.removed_resources.iter().any(|n| **n == *r.name));
             }
         }
     }

@@ -176,7 +176,7 @@ impl App {
         let translation_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         metrics.register(
             "istiod_translation_duration_seconds",
-            "Time to translate the whole registry to xDS resources",
+            "Time to translate the registry to xDS resources after a change (the namespaces it touched, or all of it)",
             translation_seconds.clone(),
         );
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -197,13 +197,19 @@ impl App {
         }
         // Only the publish task builds, so the lock is never contended; it
         // exists because `publish` takes a `Fn`.
-        let builder = std::sync::Mutex::new(SnapshotBuilder::new());
+        let building =
+            std::sync::Mutex::new((translate::Translator::new(mesh), SnapshotBuilder::new()));
         tasks.push(tokio::spawn(xds::publish(
             registry.subscribe(),
             move |store: &Arc<Store>| {
+                let mut building = building
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (translator, builder) = &mut *building;
                 let started = Instant::now();
-                let translation = translate::translate(store, &mesh);
+                let touched = translator.update(store);
                 translation_seconds.observe(started.elapsed().as_secs_f64());
+                let translation = translator.translation();
                 conditions_tx.send_if_modified(|current| {
                     let changed = *current != translation.conditions;
                     if changed {
@@ -211,10 +217,7 @@ impl App {
                     }
                     changed
                 });
-                builder
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .build(translation)
+                builder.update(translation, &touched)
             },
             config.debounce,
             config.debounce_max,

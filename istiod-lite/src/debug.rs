@@ -14,8 +14,8 @@ pub fn config_dump(snapshot: &Snapshot) -> Value {
     let mut types = serde_json::Map::new();
     for (type_url, resources) in &snapshot.types {
         let mut out = serde_json::Map::new();
-        for (name, resource) in resources {
-            let decoded = decode(type_url, &resource.body.value);
+        for (name, resource) in resources.iter() {
+            let decoded = decode(type_url, &resource.body().value);
             out.insert(
                 name.to_string(),
                 json!({"version": resource.version, "resource": decoded}),

@@ -24,6 +24,7 @@
 //! WorkloadEntry, multi-network gateways.
 
 mod authorization;
+mod incremental;
 mod labels;
 mod peer_authentication;
 mod service;
@@ -41,6 +42,8 @@ use mesh_api::istio::security::Authorization;
 use mesh_api::istio::workload::{Address, Workload, address};
 
 use crate::model::{Kind, NamespacedName, ObjectCondition, ObjectKey, Store};
+
+pub use incremental::{Touched, Translator};
 
 /// Mesh-wide settings translation depends on.
 #[derive(Clone, Debug, PartialEq, Eq)]

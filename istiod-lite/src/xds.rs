@@ -8,19 +8,26 @@
 
 mod changes;
 mod client;
+mod codec;
 mod delta;
+mod held;
 mod info;
 mod metrics;
 mod publish;
+mod push_limit;
+mod response;
 mod server;
 mod service;
 
 pub use changes::{Changes, TypeChanges, changes_between};
 pub use client::{ClientState, MAX_TYPES_PER_CLIENT, NodeInfo, RequestError, RequestOutcome};
 pub use delta::{Delta, HeldVersion, Subscription, diff, parse_version};
+pub use held::Held;
 pub use info::{ClientInfo, TypeInfo};
 pub use metrics::XdsMetrics;
 pub use publish::{DEFAULT_DEBOUNCE, DEFAULT_MAX_DELAY, publish};
+pub use push_limit::{DEFAULT_LARGE_PUSHES, LARGE_PUSH_BYTES, PERMIT_HOLD_MAX};
+pub use response::PushResponse;
 pub use server::{ConnectedClients, XdsServer};
 pub use service::AdsService;
 
@@ -28,6 +35,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+use bytes::Bytes;
+use mesh_api::envoy::service::discovery::v3::Resource as WireResource;
+use prost::Message;
 
 /// The resources of one type by name. Names are `Arc<str>` so that what each
 /// client holds shares them with the snapshot instead of copying them.
@@ -38,7 +49,9 @@ pub type Resources = BTreeMap<Arc<str>, Arc<Resource>>;
 /// is sent this one's `changes`; any other client is compared in full.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    pub types: BTreeMap<String, Resources>,
+    /// Shared, so that a client in sync holds its type's map instead of a
+    /// copy of every name.
+    pub types: BTreeMap<String, Arc<Resources>>,
     /// When the snapshot was handed to the server. `None` until the first
     /// build is published: clients get no answer before that, so a client
     /// reconnecting to a control plane that has not loaded its registry yet
@@ -52,26 +65,54 @@ pub struct Snapshot {
     pub changes: Option<Arc<Changes>>,
 }
 
-/// One encoded resource and its version. The version is a digest of the
-/// encoded bytes, so it is the same across control-plane restarts and a
-/// reconnecting client's `initial_resource_versions` can be trusted.
+/// One resource as sent: its version and the envoy `Resource` message (name,
+/// version, body) encoded once per change of the resource, so every client's
+/// response carries the same bytes instead of its own copy. The version is a
+/// digest of the encoded body, so it is the same across control-plane
+/// restarts and a reconnecting client's `initial_resource_versions` can be
+/// trusted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
     pub version: String,
-    pub body: prost_types::Any,
+    /// The encoded envoy `Resource` message.
+    pub wire: Bytes,
 }
 
 impl Resource {
-    /// Encodes `message` as a resource of `type_url`.
-    pub fn encode(type_url: &str, message: &impl prost::Message) -> Self {
-        let value = message.encode_to_vec();
-        Resource {
-            version: version_of(&value),
-            body: prost_types::Any {
+    /// Encodes `message` as the resource `name` of `type_url`.
+    pub fn encode(type_url: &str, name: &str, message: &impl prost::Message) -> Self {
+        Self::from_body(
+            name,
+            prost_types::Any {
                 type_url: type_url.to_string(),
-                value,
+                value: message.encode_to_vec(),
             },
+        )
+    }
+
+    /// The resource `name` with an already encoded body.
+    pub fn from_body(name: &str, body: prost_types::Any) -> Self {
+        let version = version_of(&body.value);
+        let wire = WireResource {
+            version: version.clone(),
+            resource: Some(body),
+            name: name.to_string(),
+            ..Default::default()
         }
+        .encode_to_vec();
+        Resource {
+            version,
+            wire: Bytes::from(wire),
+        }
+    }
+
+    /// The body, decoded from the wire form (for debugging and tests; the
+    /// push path never decodes).
+    pub fn body(&self) -> prost_types::Any {
+        WireResource::decode(self.wire.clone())
+            .ok()
+            .and_then(|r| r.resource)
+            .unwrap_or_default()
     }
 }
 
@@ -83,10 +124,10 @@ impl Snapshot {
         name: impl Into<Arc<str>>,
         message: &impl prost::Message,
     ) {
-        self.types
-            .entry(type_url.to_string())
-            .or_default()
-            .insert(name.into(), Arc::new(Resource::encode(type_url, message)));
+        let name = name.into();
+        let resource = Arc::new(Resource::encode(type_url, &name, message));
+        let resources = self.types.entry(type_url.to_string()).or_default();
+        Arc::make_mut(resources).insert(name, resource);
     }
 
     /// Declares a type URL the server knows, even while it has no resources,
@@ -97,7 +138,7 @@ impl Snapshot {
 
     /// The resources of `type_url`, if the type is known.
     pub fn resources(&self, type_url: &str) -> Option<&Resources> {
-        self.types.get(type_url)
+        self.types.get(type_url).map(|r| &**r)
     }
 
     /// Whether the content (not the publish time) is the same.
@@ -178,7 +219,7 @@ mod tests {
 
         b.insert(mesh_api::ADDRESS_TYPE_URL, "u1", &workload("u1", "b"));
         assert_ne!(va, &b.types[mesh_api::ADDRESS_TYPE_URL]["u1"].version);
-        let any = &b.types[mesh_api::ADDRESS_TYPE_URL]["u1"].body;
+        let any = b.types[mesh_api::ADDRESS_TYPE_URL]["u1"].body();
         assert_eq!(any.type_url, mesh_api::ADDRESS_TYPE_URL);
         assert_eq!(
             <Address as prost::Message>::decode(any.value.as_slice()).unwrap(),

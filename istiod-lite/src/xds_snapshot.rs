@@ -3,25 +3,25 @@
 //!
 //! Encoding and digesting every resource dominates a rebuild once a registry
 //! holds thousands of pods, while a typical change touches one of them. The
-//! builder keeps each resource's last message next to its encoded form and
-//! reuses the encoded `Arc<Resource>` when the new message is equal, so the
-//! snapshot is the same as one built from scratch (a resource's version is a
-//! digest of its bytes, and equal messages encode to equal bytes).
+//! builder keeps the encoded resources of the last snapshot; after an
+//! incremental translation it encodes only the keys the translation says it
+//! touched, and an encoding with an unchanged version keeps the previous
+//! `Arc<Resource>`, so the snapshot is the same as one built from scratch (a
+//! resource's version is a digest of its bytes) and unchanged resources stay
+//! the same allocation, shared with every client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use mesh_api::istio::security::Authorization;
-use mesh_api::istio::workload::Address;
+use crate::translate::{Touched, Translation};
+use crate::xds::{Resource, Resources, Snapshot};
 
-use crate::translate::Translation;
-use crate::xds::{Resource, Snapshot};
-
-/// The messages and encoded resources of the last snapshot built.
+/// The encoded resources of the last snapshot built. A type without a
+/// change keeps its map, shared with the snapshots published since.
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
-    addresses: Encoded<Address>,
-    authorizations: Encoded<Authorization>,
+    addresses: Arc<Resources>,
+    authorizations: Arc<Resources>,
 }
 
 impl SnapshotBuilder {
@@ -29,73 +29,107 @@ impl SnapshotBuilder {
         Self::default()
     }
 
-    /// The snapshot of `translation`, equal to `snapshot_of(&translation)`.
-    /// Takes the translation by value: its messages are kept for the next
-    /// build instead of being cloned.
-    pub fn build(&mut self, translation: Translation) -> Snapshot {
+    /// The snapshot of `translation`, equal to `snapshot_of(translation)`.
+    pub fn build(&mut self, translation: &Translation) -> Snapshot {
+        self.update(translation, &Touched::All)
+    }
+
+    /// The snapshot of `translation`, given that only the `touched`
+    /// resources may differ from the translation of the last build.
+    pub fn update(&mut self, translation: &Translation, touched: &Touched) -> Snapshot {
+        match touched {
+            Touched::All => {
+                rebuild(
+                    &mut self.addresses,
+                    mesh_api::ADDRESS_TYPE_URL,
+                    &translation.addresses,
+                );
+                rebuild(
+                    &mut self.authorizations,
+                    mesh_api::AUTHORIZATION_TYPE_URL,
+                    &translation.authorizations,
+                );
+            }
+            Touched::Keys {
+                addresses,
+                authorizations,
+            } => {
+                patch(
+                    &mut self.addresses,
+                    mesh_api::ADDRESS_TYPE_URL,
+                    &translation.addresses,
+                    addresses,
+                );
+                patch(
+                    &mut self.authorizations,
+                    mesh_api::AUTHORIZATION_TYPE_URL,
+                    &translation.authorizations,
+                    authorizations,
+                );
+            }
+        }
         let mut snapshot = Snapshot::default();
         snapshot.types.insert(
             mesh_api::ADDRESS_TYPE_URL.to_string(),
-            self.addresses
-                .update(mesh_api::ADDRESS_TYPE_URL, translation.addresses),
+            self.addresses.clone(),
         );
         snapshot.types.insert(
             mesh_api::AUTHORIZATION_TYPE_URL.to_string(),
-            self.authorizations
-                .update(mesh_api::AUTHORIZATION_TYPE_URL, translation.authorizations),
+            self.authorizations.clone(),
         );
         snapshot
     }
 }
 
-/// Per resource name, the message last built and its encoding.
-#[derive(Debug)]
-struct Encoded<M> {
-    by_name: BTreeMap<Arc<str>, (M, Arc<Resource>)>,
+/// Replaces `kept` by the encoding of every message of `current`.
+fn rebuild<M: prost::Message>(
+    kept: &mut Arc<Resources>,
+    type_url: &str,
+    current: &BTreeMap<String, M>,
+) {
+    let mut previous = Arc::unwrap_or_clone(std::mem::take(kept));
+    // Both maps iterate in name order, so collecting builds the map in bulk.
+    let rebuilt: Resources = current
+        .iter()
+        .map(|(name, message)| {
+            let fresh = Resource::encode(type_url, name, message);
+            match previous.remove_entry(name.as_str()) {
+                // Names and unchanged resources stay shared with what
+                // clients hold.
+                Some((key, old)) if old.version == fresh.version => (key, old),
+                Some((key, _)) => (key, Arc::new(fresh)),
+                None => (Arc::from(name.as_str()), Arc::new(fresh)),
+            }
+        })
+        .collect();
+    *kept = Arc::new(rebuilt);
 }
 
-impl<M> Default for Encoded<M> {
-    fn default() -> Self {
-        Self {
-            by_name: BTreeMap::new(),
-        }
+/// Encodes again only the `touched` names of `current`.
+fn patch<M: prost::Message>(
+    kept: &mut Arc<Resources>,
+    type_url: &str,
+    current: &BTreeMap<String, M>,
+    touched: &BTreeSet<String>,
+) {
+    if touched.is_empty() {
+        return;
     }
-}
-
-impl<M: prost::Message + PartialEq> Encoded<M> {
-    /// Replaces the kept messages by `current` and returns the resources of
-    /// `current`, reusing the encoding of every unchanged message.
-    fn update(
-        &mut self,
-        type_url: &str,
-        current: BTreeMap<String, M>,
-    ) -> BTreeMap<Arc<str>, Arc<Resource>> {
-        let mut previous = std::mem::take(&mut self.by_name);
-        // Both maps iterate in name order, so collecting rebuilds them in bulk.
-        // Names are kept as the same `Arc<str>` across builds, so clients'
-        // bookkeeping shares them too.
-        let kept: BTreeMap<Arc<str>, (M, Arc<Resource>)> = current
-            .into_iter()
-            .map(
-                |(name, message)| match previous.remove_entry(name.as_str()) {
-                    Some((key, (old, resource))) if old == message => (key, (message, resource)),
-                    Some((key, _)) => {
-                        let resource = Arc::new(Resource::encode(type_url, &message));
-                        (key, (message, resource))
-                    }
-                    None => {
-                        let resource = Arc::new(Resource::encode(type_url, &message));
-                        (Arc::from(name), (message, resource))
-                    }
-                },
-            )
-            .collect();
-        let resources = kept
-            .iter()
-            .map(|(name, (_, resource))| (name.clone(), resource.clone()))
-            .collect();
-        self.by_name = kept;
-        resources
+    // A copy of the map (not of the resources) when a snapshot shares it.
+    let kept = Arc::make_mut(kept);
+    for name in touched {
+        let Some(message) = current.get(name) else {
+            kept.remove(name.as_str());
+            continue;
+        };
+        let fresh = Resource::encode(type_url, name, message);
+        match kept.get_mut(name.as_str()) {
+            Some(old) if old.version == fresh.version => {}
+            Some(old) => *old = Arc::new(fresh),
+            None => {
+                kept.insert(Arc::from(name.as_str()), Arc::new(fresh));
+            }
+        }
     }
 }
 

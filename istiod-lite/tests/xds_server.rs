@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use futures::future::BoxFuture;
 use istiod_lite::auth::{AuthError, Authenticate, Caller, bearer_token};
-use istiod_lite::xds::{ConnectedClients, Snapshot, XdsMetrics, XdsServer};
+use istiod_lite::xds::{ConnectedClients, LARGE_PUSH_BYTES, Snapshot, XdsMetrics, XdsServer};
 use mesh_api::envoy::config::core::v3::Node;
 use mesh_api::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use mesh_api::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
@@ -82,11 +82,19 @@ struct Harness {
 
 impl Harness {
     async fn start(initial: Snapshot, auth: Option<Arc<dyn Authenticate>>) -> Result<Harness> {
+        Self::start_with(initial, auth, |server| server).await
+    }
+
+    async fn start_with(
+        initial: Snapshot,
+        auth: Option<Arc<dyn Authenticate>>,
+        configure: impl FnOnce(XdsServer) -> XdsServer,
+    ) -> Result<Harness> {
         let (snapshots, rx) = watch::channel(Arc::new(initial));
         let mut registry = Registry::default();
         let metrics = Arc::new(XdsMetrics::new(&mut registry));
         let (trigger, drain) = mesh_core::drain::channel();
-        let server = XdsServer::new(rx, auth, metrics, drain.clone());
+        let server = configure(XdsServer::new(rx, auth, metrics, drain.clone()));
         let clients = server.connected_clients();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -555,6 +563,85 @@ async fn a_hundred_clients_all_receive_a_change() -> Result<()> {
     }
     println!("{CLIENTS} clients received a change in {elapsed:?}");
     assert_eq!(h.metric("istiod_xds_clients"), CLIENTS as f64);
+    Ok(())
+}
+
+/// Workloads and policies enough that each type's first response needs a
+/// large-push slot.
+fn large_snapshot() -> Snapshot {
+    let mut s = Snapshot::default();
+    let padding = "x".repeat(1024);
+    let count = LARGE_PUSH_BYTES / padding.len() + 1;
+    for i in 0..count {
+        let uid = format!("u{i}");
+        s.insert(ADDRESS_TYPE_URL, uid.as_str(), &workload(&uid, &padding));
+        let policy = Authorization {
+            name: format!("p{i}-{padding}"),
+            namespace: "default".into(),
+            ..Default::default()
+        };
+        s.insert(AUTHORIZATION_TYPE_URL, format!("default/p{i}"), &policy);
+    }
+    s.published_now()
+}
+
+#[tokio::test]
+async fn large_first_responses_wait_for_a_slot_until_the_one_in_flight_is_answered() -> Result<()> {
+    let h = Harness::start_with(large_snapshot(), None, |server| {
+        server.with_large_push_slots(1, Duration::from_secs(60))
+    })
+    .await?;
+    let waiting = || async {
+        match h.metric("istiod_xds_pushes_waiting") {
+            1.0 => Ok(()),
+            n => bail!("{n} waiting"),
+        }
+    };
+
+    // One client, two large types: the second waits for the first's ACK,
+    // which the stream still reads while it waits.
+    let mut a = h.connect(None).await?;
+    a.subscribe_wildcard(ADDRESS_TYPE_URL).await?;
+    a.subscribe_wildcard(AUTHORIZATION_TYPE_URL).await?;
+    let first = a.recv().await?;
+    assert!(prost::Message::encoded_len(&first) >= LARGE_PUSH_BYTES);
+    eventually("the second type waits", PATIENCE, waiting).await?;
+
+    a.ack(&first).await?;
+    let second = a.recv().await?;
+    assert_ne!(second.type_url, first.type_url);
+
+    // Another client waits until that one is answered.
+    let mut b = h.connect(None).await?;
+    b.subscribe_wildcard(ADDRESS_TYPE_URL).await?;
+    eventually("b waits for a's second response", PATIENCE, waiting).await?;
+    a.ack(&second).await?;
+    let full = b.recv_type(ADDRESS_TYPE_URL).await?;
+    assert_eq!(full.resources.len(), first.resources.len());
+    b.ack(&full).await?;
+    eventually("nothing waits", PATIENCE, || async {
+        match h.metric("istiod_xds_pushes_waiting") {
+            0.0 => Ok(()),
+            n => bail!("{n} waiting"),
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_never_answers_holds_its_slot_only_for_a_while() -> Result<()> {
+    let h = Harness::start_with(large_snapshot(), None, |server| {
+        server.with_large_push_slots(1, Duration::from_millis(200))
+    })
+    .await?;
+    let mut silent = h.connect(None).await?;
+    silent.subscribe_wildcard(ADDRESS_TYPE_URL).await?;
+    silent.recv_type(ADDRESS_TYPE_URL).await?;
+    let mut other = h.connect(None).await?;
+    other.subscribe_wildcard(ADDRESS_TYPE_URL).await?;
+    let full = other.recv_type(ADDRESS_TYPE_URL).await?;
+    assert!(prost::Message::encoded_len(&full) >= LARGE_PUSH_BYTES);
     Ok(())
 }
 

@@ -248,6 +248,17 @@ fn note_conditions(
     out
 }
 
+/// Whether the policy's resource depends on the pods it selects (a selector
+/// DENY with L7 rules is left to their waypoints when all have one), so a
+/// change to any of them can change it.
+pub fn depends_on_selected_pods(spec: &AuthorizationPolicySpec) -> bool {
+    let for_ztunnel = spec.target_ref.is_none() && spec.target_refs.is_empty();
+    for_ztunnel
+        && spec.action == AuthorizationAction::Deny
+        && selector_of(spec).is_some()
+        && rule::uses_l7(spec)
+}
+
 /// Whether the policy selects at least one workload and every one of them has
 /// a waypoint for workload traffic.
 fn all_selected_have_waypoint(

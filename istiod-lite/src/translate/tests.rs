@@ -21,7 +21,7 @@ fn testdata(name: &str) -> PathBuf {
 }
 
 /// Reads a multi-document YAML file of objects into a store.
-fn load_store(text: &str) -> anyhow::Result<Store> {
+pub(super) fn load_store(text: &str) -> anyhow::Result<Store> {
     let mut store = Store::default();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(doc).with_context(|| format!("document {i}"))?;
@@ -42,7 +42,7 @@ fn load_store(text: &str) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-fn fixture_store(case: &str) -> Store {
+pub(super) fn fixture_store(case: &str) -> Store {
     let path = testdata(&format!("{case}.yaml"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     load_store(&text).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()))
@@ -178,7 +178,7 @@ fn encoded(t: &Translation) -> Vec<(String, Vec<u8>)> {
 
 /// Every fixture in one store (later documents replace earlier ones of the
 /// same name).
-fn all_fixtures() -> Store {
+pub(super) fn all_fixtures() -> Store {
     let texts: Vec<String> = FIXTURES
         .iter()
         .map(|case| std::fs::read_to_string(testdata(&format!("{case}.yaml"))).unwrap_or_default())
@@ -186,7 +186,7 @@ fn all_fixtures() -> Store {
     load_store(&texts.join("\n---\n")).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-const FIXTURES: &[&str] = &[
+pub(super) const FIXTURES: &[&str] = &[
     "enrolment",
     "services",
     "waypoints",

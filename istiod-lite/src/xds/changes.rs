@@ -7,8 +7,8 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::delta::{Delta, HeldVersion, Subscription};
-use super::{Resource, Resources};
+use super::delta::{Delta, Subscription};
+use super::{Held, Resource, Resources};
 
 /// The changes that lead from the snapshot of generation `since` to the
 /// snapshot carrying them.
@@ -38,20 +38,22 @@ impl TypeChanges {
 /// when it is the same allocation or has the same version (the version is a
 /// digest of the encoding).
 pub fn changes_between(
-    previous: &BTreeMap<String, Resources>,
-    next: &BTreeMap<String, Resources>,
+    previous: &BTreeMap<String, Arc<Resources>>,
+    next: &BTreeMap<String, Arc<Resources>>,
 ) -> BTreeMap<String, TypeChanges> {
-    let empty = Resources::new();
+    let empty = Arc::new(Resources::new());
     let mut out = BTreeMap::new();
     let type_urls = previous.keys().chain(next.keys());
     for type_url in type_urls {
         if out.contains_key(type_url) {
             continue;
         }
-        let changes = type_changes(
-            previous.get(type_url).unwrap_or(&empty),
-            next.get(type_url).unwrap_or(&empty),
-        );
+        let was = previous.get(type_url).unwrap_or(&empty);
+        let is = next.get(type_url).unwrap_or(&empty);
+        if Arc::ptr_eq(was, is) {
+            continue;
+        }
+        let changes = type_changes(was, is);
         if !changes.is_empty() {
             out.insert(type_url.clone(), changes);
         }
@@ -97,7 +99,7 @@ fn type_changes(previous: &Resources, next: &Resources) -> TypeChanges {
 /// the same delta [`super::diff`] computes, from the changes alone.
 pub fn delta_from_changes(
     subscription: &Subscription,
-    has: &BTreeMap<Arc<str>, HeldVersion>,
+    has: &Held,
     changes: Option<&TypeChanges>,
 ) -> Delta {
     let Some(changes) = changes else {
@@ -113,7 +115,7 @@ pub fn delta_from_changes(
         removed: changes
             .removed
             .iter()
-            .filter(|name| has.contains_key(*name))
+            .filter(|name| has.contains(name))
             .map(|name| name.to_string())
             .collect(),
     }
@@ -127,7 +129,7 @@ mod tests {
     fn resource(n: u64) -> Arc<Resource> {
         Arc::new(Resource {
             version: format!("{n:016x}"),
-            body: prost_types::Any::default(),
+            wire: bytes::Bytes::new(),
         })
     }
 
@@ -138,12 +140,14 @@ mod tests {
             .collect()
     }
 
-    fn held(current: &Resources, subscription: &Subscription) -> BTreeMap<Arc<str>, HeldVersion> {
-        current
-            .iter()
-            .filter(|(name, _)| subscription.wants(name))
-            .map(|(name, r)| (name.clone(), parse_version(&r.version)))
-            .collect()
+    fn held(current: &Resources, subscription: &Subscription) -> Held {
+        Held::Names(
+            current
+                .iter()
+                .filter(|(name, _)| subscription.wants(name))
+                .map(|(name, r)| (name.clone(), parse_version(&r.version)))
+                .collect(),
+        )
     }
 
     fn wildcard() -> Subscription {
@@ -176,14 +180,14 @@ mod tests {
 
     #[test]
     fn types_that_appear_or_vanish_are_all_added_or_all_removed() {
-        let previous: BTreeMap<String, Resources> = [
-            ("gone".to_string(), resources(&[("x", 1)])),
-            ("same".to_string(), resources(&[("y", 1)])),
+        let previous: BTreeMap<String, Arc<Resources>> = [
+            ("gone".to_string(), Arc::new(resources(&[("x", 1)]))),
+            ("same".to_string(), Arc::new(resources(&[("y", 1)]))),
         ]
         .into();
-        let next: BTreeMap<String, Resources> = [
-            ("new".to_string(), resources(&[("z", 1)])),
-            ("same".to_string(), resources(&[("y", 1)])),
+        let next: BTreeMap<String, Arc<Resources>> = [
+            ("new".to_string(), Arc::new(resources(&[("z", 1)]))),
+            ("same".to_string(), Arc::new(resources(&[("y", 1)]))),
         ]
         .into();
         let c = changes_between(&previous, &next);

@@ -6,14 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mesh_api::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as WireResource,
-};
-use prost::Message;
+use mesh_api::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
-use super::Snapshot;
 use super::changes::delta_from_changes;
-use super::delta::{Delta, HeldVersion, Subscription, diff, parse_version};
+use super::delta::{Delta, Subscription, diff, parse_version};
+use super::response::{PushResponse, SentResource};
+use super::{Held, Snapshot};
 
 /// More types than any client of workload xDS uses; a bound on the state a
 /// stream can make the server hold.
@@ -57,8 +55,9 @@ pub struct Pending {
 pub struct TypeState {
     pub subscription: Subscription,
     /// Name -> version of what the client has (was sent, or said it had).
-    /// Names sent are shared with the snapshot they came from.
-    pub has: BTreeMap<Arc<str>, HeldVersion>,
+    /// Names sent are shared with the snapshot they came from; a wildcard
+    /// client in sync shares the snapshot's whole map.
+    pub has: Held,
     /// The generation of the snapshot `has` matches (filtered by the
     /// subscription), when known: set by a response, or by finding nothing
     /// to send; cleared by a subscription change. A client one generation
@@ -126,7 +125,7 @@ impl ClientState {
         for name in &request.resource_names_unsubscribe {
             // The client forgets what it unsubscribed from; if wildcard still
             // covers it, the next diff sends it again.
-            state.has.remove(name.as_str());
+            state.has.remove(name);
             state.unanswered_names.remove(name);
         }
         if first {
@@ -179,7 +178,7 @@ impl ClientState {
         &mut self,
         snapshot: &Snapshot,
         mut next_nonce: impl FnMut() -> String,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    ) -> Vec<PushResponse> {
         if snapshot.published_at.is_none() {
             return Vec::new();
         }
@@ -191,11 +190,14 @@ impl ClientState {
             let (delta, path) = state.delta_to(type_url, snapshot);
             // Generation 0 is a snapshot never published: no identity.
             state.synced = (snapshot.generation != 0).then_some(snapshot.generation);
-            if delta.is_empty() && state.answered {
-                continue;
-            }
-            let nonce = next_nonce();
             match path {
+                // A wildcard client that held all of the previous snapshot
+                // holds all of this one once the changes are applied.
+                Path::Changes
+                    if state.subscription.wildcard && matches!(state.has, Held::Snapshot(_)) =>
+                {
+                    state.has = held_of(&state.subscription, snapshot.types.get(type_url));
+                }
                 Path::Changes => {
                     for (name, resource) in &delta.resources {
                         state
@@ -203,27 +205,25 @@ impl ClientState {
                             .insert(name.clone(), parse_version(&resource.version));
                     }
                     for name in &delta.removed {
-                        state.has.remove(name.as_str());
+                        state.has.remove(name);
                     }
                 }
                 // After a full response the client holds exactly what it
                 // wants of the snapshot; rebuilding shares every name with
                 // the snapshot, including names a reconnecting client sent.
                 Path::Full => {
-                    state.has = held_of(&state.subscription, snapshot.resources(type_url));
+                    state.has = held_of(&state.subscription, snapshot.types.get(type_url));
                 }
             }
-            let response = DeltaDiscoveryResponse {
-                system_version_info: String::new(),
+            if delta.is_empty() && state.answered {
+                continue;
+            }
+            let nonce = next_nonce();
+            let response = PushResponse {
                 resources: delta
                     .resources
                     .into_iter()
-                    .map(|(name, resource)| WireResource {
-                        version: resource.version.clone(),
-                        resource: Some(resource.body.clone()),
-                        name: name.to_string(),
-                        ..Default::default()
-                    })
+                    .map(|(name, resource)| SentResource { name, resource })
                     .collect(),
                 type_url: type_url.clone(),
                 nonce: nonce.clone(),
@@ -253,27 +253,23 @@ enum Path {
 }
 
 /// What a client subscribed as `subscription` holds once it matches
-/// `current`, with names shared with the snapshot.
-fn held_of(
-    subscription: &Subscription,
-    current: Option<&super::Resources>,
-) -> BTreeMap<Arc<str>, HeldVersion> {
+/// `current`: all of it shared for a wildcard client, else names shared
+/// with the snapshot.
+fn held_of(subscription: &Subscription, current: Option<&Arc<super::Resources>>) -> Held {
     let Some(current) = current else {
-        return BTreeMap::new();
-    };
-    let held = |(name, resource): (&Arc<str>, &Arc<super::Resource>)| {
-        (name.clone(), parse_version(&resource.version))
+        return Held::default();
     };
     if subscription.wildcard {
-        current.iter().map(held).collect()
-    } else {
+        return Held::Snapshot(current.clone());
+    }
+    Held::Names(
         subscription
             .names
             .iter()
             .filter_map(|name| current.get_key_value(name.as_str()))
-            .map(held)
-            .collect()
-    }
+            .map(|(name, resource)| (name.clone(), parse_version(&resource.version)))
+            .collect(),
+    )
 }
 
 impl TypeState {
@@ -302,7 +298,7 @@ impl TypeState {
         let mut delta = diff(&self.subscription, &self.has, current);
         for name in std::mem::take(&mut self.unanswered_names) {
             let exists = current.is_some_and(|c| c.contains_key(name.as_str()));
-            if !exists && !self.has.contains_key(name.as_str()) {
+            if !exists && !self.has.contains(&name) {
                 delta.removed.push(name);
             }
         }
@@ -366,8 +362,8 @@ mod tests {
         }
     }
 
-    fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
-        r.resources.iter().map(|r| r.name.as_str()).collect()
+    fn names(r: &PushResponse) -> Vec<&str> {
+        r.resources.iter().map(|r| &*r.name).collect()
     }
 
     #[test]
@@ -582,9 +578,9 @@ mod tests {
         // The changes name only "b"; a full comparison would also find "a".
         // Sending only "b" shows the changes were used, not a comparison.
         let mut second = next(&first, &[("a", "1"), ("b", "2")]);
-        second.types.get_mut(T).unwrap().insert(
+        Arc::make_mut(second.types.get_mut(T).unwrap()).insert(
             Arc::from("a"),
-            Arc::new(super::super::Resource::encode(T, &"3".to_string())),
+            Arc::new(super::super::Resource::encode(T, "a", &"3".to_string())),
         );
         let r = c.responses(&second, &mut nonce);
         assert_eq!(names(&r[0]), ["b"]);
@@ -674,12 +670,25 @@ mod tests {
         let r = c.responses(&snap, nonces());
         assert_eq!(names(&r[0]), ["b"]);
         assert_eq!(r[0].removed_resources, ["gone"]);
+        // In sync and wildcard: the client holds the snapshot's own map.
+        let Held::Snapshot(shared) = &c.types[T].has else {
+            panic!("a wildcard client in sync copied the snapshot's names");
+        };
+        assert!(Arc::ptr_eq(shared, &snap.types[T]));
+
+        // By name: each name held is the snapshot's.
+        let mut c = ClientState::default();
+        c.on_request(&request(|r| {
+            r.resource_names_subscribe = vec!["a".into(), "b".into()];
+        }))
+        .unwrap();
+        c.responses(&snap, nonces());
         let has = &c.types[T].has;
         assert_eq!(has.len(), 2);
-        for (name, resource) in &snap.types[T] {
-            let (held, _) = has.get_key_value(name).unwrap();
-            assert!(Arc::ptr_eq(held, name), "{name} is a copy");
-            assert_eq!(has[name], parse_version(&resource.version));
+        for (name, version) in has.entries() {
+            let (own, resource) = snap.types[T].get_key_value(name).unwrap();
+            assert!(Arc::ptr_eq(own, name), "{name} is a copy");
+            assert_eq!(version, parse_version(&resource.version));
         }
     }
 

@@ -1,10 +1,10 @@
 //! What one client should be sent of one type: a pure comparison of what it
 //! asked for, what it has, and what the snapshot holds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{Resource, Resources};
+use super::{Held, Resource, Resources};
 
 /// The name that turns wildcard on (subscribe) or off (unsubscribe).
 pub const WILDCARD: &str = "*";
@@ -76,9 +76,9 @@ pub fn parse_version(version: &str) -> HeldVersion {
 }
 
 /// Whether a client holding `held` has `resource`'s version.
-pub fn holds(held: Option<&HeldVersion>, resource: &Resource) -> bool {
+pub fn holds(held: Option<HeldVersion>, resource: &Resource) -> bool {
     match held {
-        Some(Some(digest)) => parse_version(&resource.version) == Some(*digest),
+        Some(Some(digest)) => parse_version(&resource.version) == Some(digest),
         _ => false,
     }
 }
@@ -100,16 +100,12 @@ impl Delta {
 /// What a client that `has` (name -> version) the given resources and asked
 /// for `subscription` must be sent so it matches `current` (`None`: a type
 /// the server does not know, which has no resources).
-pub fn diff(
-    subscription: &Subscription,
-    has: &BTreeMap<Arc<str>, HeldVersion>,
-    current: Option<&Resources>,
-) -> Delta {
+pub fn diff(subscription: &Subscription, has: &Held, current: Option<&Resources>) -> Delta {
     let empty = Resources::new();
     let current = current.unwrap_or(&empty);
     let mut delta = Delta::default();
     let mut add = |name: &Arc<str>, resource: &Arc<Resource>| {
-        if !holds(has.get(name), resource) {
+        if !holds(has.version(name), resource) {
             delta.resources.push((name.clone(), resource.clone()));
         }
     };
@@ -125,7 +121,8 @@ pub fn diff(
         }
     }
     delta.removed = has
-        .keys()
+        .entries()
+        .map(|(name, _)| name)
         .filter(|name| !(subscription.wants(name) && current.contains_key(*name)))
         .map(|name| name.to_string())
         .collect();
@@ -144,7 +141,7 @@ mod tests {
     fn resource(version: &str) -> Arc<Resource> {
         Arc::new(Resource {
             version: full(version),
-            body: prost_types::Any::default(),
+            wire: bytes::Bytes::new(),
         })
     }
 
@@ -155,11 +152,13 @@ mod tests {
             .collect()
     }
 
-    fn has(entries: &[(&str, &str)]) -> BTreeMap<Arc<str>, HeldVersion> {
-        entries
-            .iter()
-            .map(|(n, v)| (Arc::from(*n), parse_version(&full(v))))
-            .collect()
+    fn has(entries: &[(&str, &str)]) -> Held {
+        Held::Names(
+            entries
+                .iter()
+                .map(|(n, v)| (Arc::from(*n), parse_version(&full(v))))
+                .collect(),
+        )
     }
 
     fn names(delta: &Delta) -> Vec<&str> {
@@ -175,7 +174,7 @@ mod tests {
         // A version we could not have issued matches nothing, so the
         // resource is sent.
         let cur = current(&[("a", "1")]);
-        let foreign: BTreeMap<Arc<str>, HeldVersion> = [(Arc::from("a"), None)].into();
+        let foreign = Held::Names([(Arc::from("a"), None)].into());
         assert_eq!(names(&diff(&wildcard(), &foreign, Some(&cur))), ["a"]);
     }
 

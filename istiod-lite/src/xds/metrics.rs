@@ -25,6 +25,8 @@ pub struct XdsMetrics {
     /// From a snapshot's publication to the client's ACK of the response
     /// that carried it.
     pub push_latency: Histogram,
+    /// Large responses waiting for one of the large-push slots.
+    pub pushes_waiting: Gauge,
 }
 
 impl XdsMetrics {
@@ -37,6 +39,7 @@ impl XdsMetrics {
             nacks: Family::default(),
             // 1 ms .. ~16 s.
             push_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            pushes_waiting: Gauge::default(),
         };
         registry.register(
             "istiod_xds_clients",
@@ -68,6 +71,11 @@ impl XdsMetrics {
             "Time from a snapshot's publication to a client's ACK of it",
             m.push_latency.clone(),
         );
+        registry.register(
+            "istiod_xds_pushes_waiting",
+            "Large delta ADS responses waiting for a slot (at most a few are in flight at once)",
+            m.pushes_waiting.clone(),
+        );
         m
     }
 }
@@ -89,6 +97,7 @@ mod tests {
         m.nacks.get_or_create(&labels).inc();
         m.push_latency.observe(0.002);
         m.clients.inc();
+        m.pushes_waiting.inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for name in [
@@ -98,6 +107,7 @@ mod tests {
             "istiod_xds_push_bytes_total{type_url=\"t\"} 1",
             "istiod_xds_nacks_total{type_url=\"t\"} 1",
             "istiod_xds_push_latency_seconds_count 1",
+            "istiod_xds_pushes_waiting 1",
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }

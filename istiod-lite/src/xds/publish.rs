@@ -80,7 +80,7 @@ mod tests {
     }
 
     fn value(s: &Snapshot) -> String {
-        let any = &s.types[T]["n"].body;
+        let any = s.types[T]["n"].body();
         <String as prost::Message>::decode(any.value.as_slice()).unwrap()
     }
 

@@ -2,32 +2,31 @@
 //! that feeds requests and snapshots to its `ClientState` and sends what
 //! that decides.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mesh_api::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use mesh_api::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use mesh_api::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use mesh_core::drain::DrainWatcher;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Snapshot;
 use super::client::{ClientState, RequestOutcome};
 use super::info::ClientInfo;
 use super::metrics::{TypeLabels, XdsMetrics};
+use super::push_limit::{DEFAULT_LARGE_PUSHES, HeldSlots, PERMIT_HOLD_MAX, PushLimit, Slot};
 use super::service::AdsService;
+use super::{PushResponse, Snapshot};
 use crate::auth::Authenticate;
 
-/// Largest request accepted, as in the spec's client limits.
-const MAX_MESSAGE_BYTES: usize = 200 * 1024 * 1024;
 /// Responses queued per stream; at most one per type is in flight, so this
 /// is never the limit in practice.
 const STREAM_BUFFER: usize = 16;
+
+/// What the stream task hands to tonic.
+pub(super) type ResponseStream = ReceiverStream<Result<PushResponse, Status>>;
 
 /// The delta ADS service. Cheap to clone. It holds the drain open until it
 /// is dropped (with the tonic server that serves it); give admin handlers a
@@ -70,6 +69,7 @@ struct Inner {
     drain: DrainWatcher,
     clients: ConnectedClients,
     next_stream: AtomicU64,
+    push_limit: PushLimit,
     /// Random per server instance, so nonces of a previous instance never
     /// match ours.
     nonce_prefix: String,
@@ -93,19 +93,25 @@ impl XdsServer {
                 drain,
                 clients: ConnectedClients::default(),
                 next_stream: AtomicU64::new(1),
+                push_limit: PushLimit::new(DEFAULT_LARGE_PUSHES, PERMIT_HOLD_MAX),
                 nonce_prefix: format!("{:08x}", rand::random::<u32>()),
                 next_nonce: AtomicU64::new(1),
             }),
         }
     }
 
+    /// At most `slots` large responses in flight at once, each slot held
+    /// until the client answers or for `hold_max`. Set before serving.
+    pub fn with_large_push_slots(mut self, slots: usize, hold_max: Duration) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("the push limit is set before the server is shared")
+            .push_limit = PushLimit::new(slots, hold_max);
+        self
+    }
+
     /// The tonic service, with the spec's message size limit.
     pub fn into_service(self) -> AdsService {
-        AdsService::new(
-            AggregatedDiscoveryServiceServer::new(self)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
+        AdsService::new(self)
     }
 
     /// Every connected stream and what it was sent.
@@ -137,14 +143,12 @@ impl Inner {
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn delta_aggregated_resources(
+impl XdsServer {
+    /// Authenticates a new stream and starts its task.
+    pub(super) async fn open_stream(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+    ) -> Result<Response<ResponseStream>, Status> {
         let remote = request.remote_addr();
         let caller = match &self.inner.auth {
             Some(auth) => match auth.authenticate(request.metadata()).await {
@@ -171,6 +175,9 @@ impl AggregatedDiscoveryService for XdsServer {
                 .map(|d| d.as_secs())
                 .unwrap_or_default(),
             state: ClientState::default(),
+            outbox: VecDeque::new(),
+            slots: HeldSlots::default(),
+            waiting: None,
         };
         tracing::debug!(stream_id, ?remote, "xDS stream opened");
         tokio::spawn(stream.run(request.into_inner(), tx));
@@ -186,9 +193,15 @@ struct ClientStream {
     caller: Option<String>,
     connected_since: u64,
     state: ClientState,
+    /// Responses decided but not yet handed to tonic: the first one waits
+    /// for a large-push slot while the others queue behind it.
+    outbox: VecDeque<PushResponse>,
+    slots: HeldSlots,
+    /// Set while the first response in the outbox waits for a slot.
+    waiting: Option<Waiting>,
 }
 
-type Outbox = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+type Outbox = mpsc::Sender<Result<PushResponse, Status>>;
 
 impl ClientStream {
     async fn run(mut self, mut requests: Streaming<DeltaDiscoveryRequest>, tx: Outbox) {
@@ -199,7 +212,9 @@ impl ClientStream {
         let drain = self.drain.clone();
         let draining = drain.draining();
         tokio::pin!(draining);
+        let limit = self.inner.push_limit.clone();
         loop {
+            let mut slot = None;
             tokio::select! {
                 _ = &mut draining => {
                     let _ = tx.try_send(Err(Status::unavailable("the control plane is shutting down")));
@@ -223,9 +238,16 @@ impl ClientStream {
                     // Without a publisher the last snapshot stays in force.
                     publisher_alive = changed.is_ok();
                 }
+                _ = sleep_until(self.slots.next_expiry()) => {
+                    self.slots.release_expired(tokio::time::Instant::now());
+                }
+                acquired = limit.acquire(), if self.waiting.is_some() => slot = Some(acquired),
             }
             let snapshot = snapshots.borrow_and_update().clone();
-            if !self.send_due(&snapshot, &tx, &mut draining).await {
+            let inner = self.inner.clone();
+            let responses = self.state.responses(&snapshot, || inner.nonce());
+            self.outbox.extend(responses);
+            if !self.flush(slot, &snapshot, &tx, &mut draining).await {
                 break;
             }
             self.publish_info();
@@ -262,6 +284,7 @@ impl ClientStream {
                 tracing::debug!(stream_id = self.stream_id, node, type_url, "subscribed");
             }
             RequestOutcome::Acked { published_at } => {
+                self.slots.release(type_url);
                 if let Some(at) = published_at {
                     let latency = Instant::now().saturating_duration_since(at);
                     self.inner
@@ -271,6 +294,7 @@ impl ClientStream {
                 }
             }
             RequestOutcome::Nacked { message } => {
+                self.slots.release(type_url);
                 tracing::warn!(stream_id = self.stream_id, node, type_url, error = %message, "xDS response rejected by the client");
                 self.inner
                     .metrics
@@ -291,19 +315,34 @@ impl ClientStream {
         Ok(())
     }
 
-    /// Sends what is due; false when the stream must end (client gone or
-    /// draining while the client does not read).
-    async fn send_due(
+    /// Hands the outbox to tonic in order, until a large response finds no
+    /// free slot (`slot` is one just acquired for it); false when the stream
+    /// must end (client gone or draining while the client does not read).
+    async fn flush(
         &mut self,
+        mut slot: Option<Slot>,
         snapshot: &Snapshot,
         tx: &Outbox,
         draining: &mut (impl std::future::Future<Output = ()> + Unpin),
     ) -> bool {
         let inner = self.inner.clone();
-        let responses = self.state.responses(snapshot, || inner.nonce());
-        for response in responses {
+        while let Some(response) = self.outbox.front() {
+            let bytes = response.encoded_len();
+            if PushLimit::needs_slot(bytes) {
+                match slot.take().or_else(|| inner.push_limit.try_acquire()) {
+                    Some(slot) => self.slots.hold(&response.type_url, slot),
+                    None => {
+                        // Wait in the stream's loop, which keeps reading
+                        // the client's answers (they free slots).
+                        self.waiting
+                            .get_or_insert_with(|| Waiting::new(&inner.metrics));
+                        return true;
+                    }
+                }
+            }
+            self.waiting = None;
+            let response = self.outbox.pop_front().expect("peeked");
             let labels = inner.labels(snapshot, &response.type_url);
-            let bytes = prost::Message::encoded_len(&response) as u64;
             let resources = response.resources.len() as u64;
             tokio::select! {
                 sent = tx.send(Ok(response)) => if sent.is_err() { return false },
@@ -319,7 +358,7 @@ impl ClientStream {
                 .metrics
                 .push_bytes
                 .get_or_create(&labels)
-                .inc_by(bytes);
+                .inc_by(bytes as u64);
         }
         true
     }
@@ -332,6 +371,35 @@ impl ClientStream {
             &self.state,
         );
         self.inner.clients.lock().insert(self.stream_id, info);
+    }
+}
+
+/// Resolves at `at`, never without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A stream whose next response waits for a large-push slot, counted in the
+/// gauge while it waits.
+struct Waiting {
+    metrics: Arc<XdsMetrics>,
+}
+
+impl Waiting {
+    fn new(metrics: &Arc<XdsMetrics>) -> Self {
+        metrics.pushes_waiting.inc();
+        Waiting {
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.metrics.pushes_waiting.dec();
     }
 }
 

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 
 use super::SnapshotBuilder;
 use crate::app::snapshot_of;
-use crate::translate::Translation;
+use crate::translate::{Touched, Translation};
 
 fn workload(uid: &str, generation: u32) -> Address {
     Address {
@@ -55,7 +55,7 @@ fn translation(pods: &BTreeMap<u32, u32>, policies: &BTreeMap<u32, u32>) -> Tran
 
 #[test]
 fn empty_translation_declares_both_types() {
-    let built = SnapshotBuilder::new().build(Translation::default());
+    let built = SnapshotBuilder::new().build(&Translation::default());
     assert_eq!(built, snapshot_of(&Translation::default()));
     assert!(built.resources(mesh_api::ADDRESS_TYPE_URL).is_some());
     assert!(built.resources(mesh_api::AUTHORIZATION_TYPE_URL).is_some());
@@ -65,11 +65,17 @@ fn empty_translation_declares_both_types() {
 fn random_edits_build_the_same_snapshot_as_from_scratch() {
     let mut rng = StdRng::seed_from_u64(7);
     let mut builder = SnapshotBuilder::new();
+    // Told which keys each round touched, instead of comparing them all.
+    let mut patched = SnapshotBuilder::new();
     let mut pods: BTreeMap<u32, u32> = (0..200).map(|id| (id, 0)).collect();
     let mut policies: BTreeMap<u32, u32> = (0..30).map(|id| (id, 0)).collect();
+    patched.build(&translation(&pods, &policies));
     for round in 1..=60u32 {
+        let mut touched_pods = std::collections::BTreeSet::new();
+        let mut touched_policies = std::collections::BTreeSet::new();
         for _ in 0..rng.random_range(0..6) {
             let id = rng.random_range(0..260);
+            touched_pods.insert(format!("uid-{id}"));
             match rng.random_range(0..3) {
                 0 => {
                     pods.remove(&id);
@@ -81,6 +87,7 @@ fn random_edits_build_the_same_snapshot_as_from_scratch() {
         }
         if rng.random_bool(0.3) {
             let id = rng.random_range(0..40);
+            touched_policies.insert(format!("ns/p-{id}"));
             if rng.random_bool(0.5) {
                 policies.remove(&id);
             } else {
@@ -89,8 +96,16 @@ fn random_edits_build_the_same_snapshot_as_from_scratch() {
         }
         let current = translation(&pods, &policies);
         let expected = snapshot_of(&current);
-        let built = builder.build(current);
-        assert_eq!(built, expected, "round {round}");
+        assert_eq!(builder.build(&current), expected, "round {round}");
+        let touched = Touched::Keys {
+            addresses: touched_pods,
+            authorizations: touched_policies,
+        };
+        assert_eq!(
+            patched.update(&current, &touched),
+            expected,
+            "round {round}"
+        );
     }
 }
 
@@ -99,9 +114,9 @@ fn unchanged_resources_are_shared_and_changed_ones_re_encoded() {
     let mut pods: BTreeMap<u32, u32> = (0..10).map(|id| (id, 0)).collect();
     let policies: BTreeMap<u32, u32> = (0..3).map(|id| (id, 0)).collect();
     let mut builder = SnapshotBuilder::new();
-    let first = builder.build(translation(&pods, &policies));
+    let first = builder.build(&translation(&pods, &policies));
     pods.insert(4, 1);
-    let second = builder.build(translation(&pods, &policies));
+    let second = builder.build(&translation(&pods, &policies));
 
     let before = first.resources(mesh_api::ADDRESS_TYPE_URL).unwrap();
     let after = second.resources(mesh_api::ADDRESS_TYPE_URL).unwrap();
@@ -124,16 +139,16 @@ fn a_removed_then_restored_resource_is_encoded_again() {
     let policies = BTreeMap::new();
     let mut builder = SnapshotBuilder::new();
     let all: BTreeMap<u32, u32> = (0..3).map(|id| (id, 0)).collect();
-    builder.build(translation(&all, &policies));
+    builder.build(&translation(&all, &policies));
     let mut fewer = all.clone();
     fewer.remove(&1);
-    let without = builder.build(translation(&fewer, &policies));
+    let without = builder.build(&translation(&fewer, &policies));
     assert!(
         !without
             .resources(mesh_api::ADDRESS_TYPE_URL)
             .unwrap()
             .contains_key("uid-1")
     );
-    let restored = builder.build(translation(&all, &policies));
+    let restored = builder.build(&translation(&all, &policies));
     assert_eq!(restored, snapshot_of(&translation(&all, &policies)));
 }
