@@ -34,6 +34,8 @@ pub struct AgentOptions {
     pub redirector: Redirector,
     /// Per-message ZDS deadline.
     pub message_timeout: Duration,
+    /// Rewrite kubelet probes to enrolled pods in this process's netns (spec 6.2).
+    pub probe_snat: bool,
 }
 
 impl AgentOptions {
@@ -43,6 +45,7 @@ impl AgentOptions {
             ack_timeout: Duration::from_secs(10),
             redirector: Redirector::default(),
             message_timeout: MESSAGE_TIMEOUT,
+            probe_snat: false,
         }
     }
 }
@@ -62,6 +65,9 @@ struct Inner {
     zds: ZdsServer,
     metrics: Metrics,
     tasks: Mutex<JoinSet<()>>,
+    /// One probe SNAT update at a time, so the last one written is the
+    /// latest set.
+    probe_snat: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -108,6 +114,7 @@ impl Agent {
                 zds,
                 metrics,
                 tasks: Mutex::new(JoinSet::new()),
+                probe_snat: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -152,6 +159,29 @@ impl Agent {
     fn write_record(&self, record: &PodRecord) {
         if let Err(error) = self.inner.records.write(record) {
             tracing::error!(%error, "cannot write the pod record; a restart may not reconcile this pod");
+        }
+    }
+
+    /// Brings the node's probe SNAT rules to the enrolled pods' addresses
+    /// (with `--probe-snat`).
+    pub async fn sync_probe_snat(&self) {
+        if !self.inner.options.probe_snat {
+            return;
+        }
+        let _one_at_a_time = self.inner.probe_snat.lock().await;
+        let addresses: std::collections::BTreeSet<IpAddr> = lock(&self.inner.pods)
+            .values()
+            .filter(|e| e.record.enrolled)
+            .flat_map(|e| e.record.ips.iter().copied())
+            .collect();
+        if let Err(error) = self
+            .inner
+            .options
+            .redirector
+            .sync_probe_snat(&addresses)
+            .await
+        {
+            tracing::warn!(%error, "updating the kubelet probe SNAT rules");
         }
     }
 

@@ -108,6 +108,7 @@ impl App {
         let agent = Agent::new(
             AgentOptions {
                 ack_timeout: config.ack_timeout,
+                probe_snat: config.probe_snat,
                 redirector: Redirector {
                     mark: config.mark,
                     ..Redirector::default()
@@ -162,6 +163,7 @@ impl App {
 
         let restored = agent.restore();
         agent.reconcile_all(true).await;
+        agent.sync_probe_snat().await;
         tracing::info!(restored, "pod records reconciled");
 
         let zds_listener =

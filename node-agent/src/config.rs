@@ -73,6 +73,11 @@ pub struct Config {
     #[arg(long, env = "NODE_AGENT_MARK", default_value = "0x539", value_parser = mark)]
     pub mark: u32,
 
+    /// Rewrite the source of kubelet probes to enrolled pods (spec 6.2) with
+    /// rules in this process's network namespace (run it in the node's).
+    #[arg(long, env = "NODE_AGENT_PROBE_SNAT")]
+    pub probe_snat: bool,
+
     /// How long shutdown waits for requests in flight.
     #[arg(long, env = "NODE_AGENT_DRAIN_DEADLINE", default_value = "5s", value_parser = duration)]
     pub drain_deadline: Duration,

@@ -10,6 +10,7 @@
 //! Removal deletes exactly those jumps, then flushes and deletes our chains.
 
 pub mod apply;
+pub mod probe;
 pub mod saved;
 
 use std::fmt::Write;

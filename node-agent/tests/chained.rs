@@ -7,49 +7,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
-use common::{Event, Node, TestZtunnel, netns_id, pod_env, run_plugin};
+use anyhow::{Context, Result};
+use common::{Event, Node, TestZtunnel, bridge, netns_id, pod_env, run_plugin};
 use mesh_testkit::Netns;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
-
-const BRIDGE: &str = "/usr/lib/cni/bridge";
-
-/// Runs the bridge plugin with the node netns as its host side.
-async fn bridge(node: &Netns, command: &str, pod: &Netns, conf: &Value) -> Result<Value> {
-    let pod_path = pod.path().display().to_string();
-    let mut child = tokio::process::Command::new("ip")
-        .args(["netns", "exec", node.name(), BRIDGE])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs([
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", "c0ffee"),
-            ("CNI_NETNS", pod_path.as_str()),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/usr/lib/cni"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the bridge plugin")?;
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(conf.to_string().as_bytes()).await?;
-    drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await??;
-    let stdout = String::from_utf8(out.stdout)?;
-    ensure!(out.status.success(), "bridge {command}: {stdout}");
-    Ok(if stdout.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&stdout)?
-    })
-}
 
 #[tokio::test]
 async fn chained_after_bridge_the_pod_is_enrolled_and_redirected() -> Result<()> {

@@ -122,6 +122,8 @@ impl Agent {
             Ok(()) => {
                 self.inner.metrics.operation("enrol", Ok(()));
                 self.update_gauge();
+                // Before the answer: the kubelet probes once the ADD is done.
+                self.sync_probe_snat().await;
                 tracing::info!(pod = %pod_name, %uid, "pod enrolled");
                 AgentReply::ok()
             }
@@ -149,6 +151,7 @@ impl Agent {
         if let Err(error) = self.inner.records.remove(uid) {
             tracing::warn!(%error, "removing the record of a failed ADD");
         }
+        self.sync_probe_snat().await;
     }
 
     fn find_uid(&self, req: &AgentRequest) -> Option<String> {
@@ -194,6 +197,7 @@ impl Agent {
         if let Err(error) = self.inner.records.remove(uid) {
             tracing::warn!(%error, "removing a pod record");
         }
+        self.sync_probe_snat().await;
         if enrolled {
             self.inner.metrics.operation("unenrol", Ok(()));
         }

@@ -165,6 +165,7 @@ impl Agent {
             }
             tracing::info!(pod = %pod_name, %uid, "pod enrolled");
             self.update_gauge();
+            self.sync_probe_snat().await;
             return !record_was_enrolled;
         } else if !decision.enrolled() && (force || record.enrolled) {
             // Out of the table's enrolled set first, so a ztunnel connecting
@@ -194,6 +195,7 @@ impl Agent {
                 tracing::info!(pod = %pod_name, %uid, ?decision, "pod removed from the mesh");
             }
             self.update_gauge();
+            self.sync_probe_snat().await;
             return changed;
         }
         self.set_error(uid, None);

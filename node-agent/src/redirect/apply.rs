@@ -2,6 +2,8 @@
 //! `nsenter --net=PATH` runs `iptables-save`, `iptables-restore --noflush`
 //! and `ip` there, each bounded by a deadline.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -97,6 +99,23 @@ impl Redirector {
                     .await?;
             }
             self.remove_route(netns, family).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the node's own netns (the one this process runs in) rewrite
+    /// kubelet probes to exactly `addresses` (spec 6.2).
+    pub async fn sync_probe_snat(&self, addresses: &BTreeSet<IpAddr>) -> Result<(), RedirectError> {
+        // nsenter's own /proc/self is the netns it inherited from us.
+        let own = Path::new("/proc/self/ns/net");
+        for family in [Family::V4, Family::V6] {
+            if !tool_exists(family.restore_tool()) {
+                continue;
+            }
+            let current = self.saved(own, family).await?;
+            let script = super::probe::snat_script(family, addresses, &current);
+            self.run(own, family.restore_tool(), &["--noflush"], Some(&script))
+                .await?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use mesh_api::istio::workload::zds::{
     Ack, WorkloadRequest, WorkloadResponse, ZdsHello, workload_request, workload_response,
 };
@@ -17,6 +17,7 @@ use mesh_core::telemetry::LogControl;
 use mesh_core::zds::{ZdsError, ZdsSocket};
 use node_agent::app::App;
 use node_agent::config::Config;
+use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -297,4 +298,44 @@ pub fn has_rules(ns: &mesh_testkit::Netns) -> bool {
 
 pub fn netns_id(ns: &mesh_testkit::Netns) -> NetnsId {
     NetnsHandle::open(&ns.path()).unwrap().id()
+}
+
+pub const BRIDGE: &str = "/usr/lib/cni/bridge";
+
+/// Runs the bridge plugin with the node netns as its host side.
+pub async fn bridge(
+    node: &mesh_testkit::Netns,
+    command: &str,
+    pod: &mesh_testkit::Netns,
+    conf: &Value,
+) -> Result<Value> {
+    let pod_path = pod.path().display().to_string();
+    let mut child = tokio::process::Command::new("ip")
+        .args(["netns", "exec", node.name(), BRIDGE])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs([
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", "c0ffee"),
+            ("CNI_NETNS", pod_path.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the bridge plugin")?;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(conf.to_string().as_bytes()).await?;
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await??;
+    let stdout = String::from_utf8(out.stdout)?;
+    ensure!(out.status.success(), "bridge {command}: {stdout}");
+    Ok(if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout)?
+    })
 }
