@@ -412,33 +412,29 @@ async fn labelling_a_namespace_moves_its_running_pods_into_the_mesh_and_out() ->
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_opened_before_enrolment_keeps_working_after_it() -> Result<()> {
+    // Client and server both enrol with their namespace: the connection
+    // meets the new rules on both ends.
     let setup = mesh_setup(&[
         ("nodes.yaml", nodes(&["node-1"])),
-        (
-            "namespaces.yaml",
-            format!(
-                "{}---\n{}",
-                namespace("client", false),
-                namespace("server", true)
-            ),
-        ),
-        ("server.yaml", server("server", "node-1")),
-        ("client.yaml", client("client", "node-1")),
+        ("namespaces.yaml", namespace("demo", false)),
+        ("server.yaml", server("demo", "node-1")),
+        ("client.yaml", client("demo", "node-1")),
     ])?;
     let cluster = up(&setup)?;
-    let client_netns = pod_netns(&cluster, "client/client")?;
-    wait_enrolled(&cluster, "node-1", "server/server").await?;
-    let server_ip = cluster.pod_ip("server/server").context("server IP")?;
+    let client_netns = pod_netns(&cluster, "demo/client")?;
+    let server_ip = cluster.pod_ip("demo/server").context("server IP")?;
     let mut long_lived = connect_from_pod(&client_netns, SocketAddr::from((server_ip, 8080)))?;
     let reply = exchange(&mut long_lived, "before")?;
     assert!(reply.starts_with("server got \"before\""), "{reply}");
 
-    set_namespace_mode(&setup, "client", Some("ambient"))?;
-    wait_enrolled(&cluster, "node-1", "client/client").await?;
+    set_namespace_mode(&setup, "demo", Some("ambient"))?;
+    for pod in ["demo/client", "demo/server"] {
+        wait_enrolled(&cluster, "node-1", pod).await?;
+    }
     eventually("new connections are mTLS", PATIENCE, || {
         let cluster = cluster.clone();
         async move {
-            if mtls_from(&cluster, "node-1", "client")? >= 3 {
+            if mtls_from(&cluster, "node-1", "demo")? >= 3 {
                 Ok(())
             } else {
                 bail!("not yet")
