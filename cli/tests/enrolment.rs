@@ -111,6 +111,7 @@ fn node_netns(cluster: &Cluster, node: &str) -> Result<String> {
         .clone())
 }
 
+/// From the runner's current plan, so pods added since `up` are found.
 fn pod_netns(cluster: &Cluster, pod: &str) -> Result<String> {
     let plan = Cluster::open(&cluster.plan().state_dir)?;
     Ok(plan
