@@ -144,11 +144,17 @@ pub fn chain_rules(family: Family, options: &RuleOptions) -> Vec<(&'static str, 
             "-A {OUTPUT} -m connmark --mark {ROUTE_MARK} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"
         ),
     ];
+    // The REDIRECTs match SYNs only. A netns without NAT rules has no
+    // connection tracking, so the first packet of a connection opened before
+    // enrolment is tracked as new once the rules arrive; redirected to a
+    // ztunnel that never saw its handshake it would be reset. New
+    // connections are unaffected: NAT only ever sees their first packet, the
+    // SYN.
     let mut nat = Vec::new();
     if !options.bypass_inbound {
         nat.push(format!("-A {PRERT} -s {probe} -p tcp -j ACCEPT"));
         nat.push(format!(
-            "-A {PRERT} ! -d {lo} -p tcp ! --dport {INBOUND_HBONE_PORT} -m mark ! --mark {mark} -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}"
+            "-A {PRERT} ! -d {lo} -p tcp --syn ! --dport {INBOUND_HBONE_PORT} -m mark ! --mark {mark} -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}"
         ));
     }
     nat.push(format!("-A {OUTPUT} -d {probe} -p tcp -j ACCEPT"));
@@ -157,7 +163,7 @@ pub fn chain_rules(family: Family, options: &RuleOptions) -> Vec<(&'static str, 
     ));
     nat.push(format!("-A {OUTPUT} ! -d {lo} -o lo -j ACCEPT"));
     nat.push(format!(
-        "-A {OUTPUT} ! -d {lo} -p tcp -m mark ! --mark {mark} -j REDIRECT --to-ports {OUTBOUND_PORT}"
+        "-A {OUTPUT} ! -d {lo} -p tcp --syn -m mark ! --mark {mark} -j REDIRECT --to-ports {OUTBOUND_PORT}"
     ));
     vec![("mangle", mangle), ("nat", nat)]
 }

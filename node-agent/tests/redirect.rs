@@ -30,9 +30,9 @@ async fn rules_are_installed_refreshed_and_removed_exactly() -> Result<()> {
     let rules = ours(&first);
     assert!(rules.contains(&"-A OUTPUT -j ISTIO_OUTPUT"), "{first}");
     assert!(rules.contains(&"-A PREROUTING -j ISTIO_PRERT"), "{first}");
-    assert!(first.contains("-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"), "{first}");
+    assert!(first.contains("-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"), "{first}");
     assert!(
-        first.contains("--dport 15008 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006"),
+        first.contains("--dport 15008 --tcp-flags FIN,SYN,RST,ACK SYN -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006"),
         "{first}"
     );
     assert!(
@@ -123,7 +123,7 @@ async fn ipv6_gets_its_own_rules_and_route() -> Result<()> {
         .install(&path, &[Family::V4, Family::V6], false)
         .await?;
     let saved6 = ns.exec("ip6tables-save", &[])?;
-    assert!(saved6.contains("-A ISTIO_OUTPUT ! -d ::1/128 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"), "{saved6}");
+    assert!(saved6.contains("-A ISTIO_OUTPUT ! -d ::1/128 -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"), "{saved6}");
     assert!(
         saved6.contains(
             "-A ISTIO_PRERT -s fd16:9254:7127:1337:ffff:ffff:ffff:ffff/128 -p tcp -j ACCEPT"

@@ -89,6 +89,9 @@ pub fn run(plan: &Plan, bin_dir: &Path, stop: &AtomicBool) -> Result<(), Kubelet
         if Instant::now() >= next_reread {
             runner.reread();
             next_reread = Instant::now() + REREAD;
+            // Before the pods' steps: an added pod's ADD can wait for its
+            // node's ztunnel for seconds, and until then the pod is shown.
+            publish(&runner.plan, &runner.states, &mut published)?;
         }
         runner.step_pods();
         publish(&runner.plan, &runner.states, &mut published)?;

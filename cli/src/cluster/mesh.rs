@@ -210,29 +210,47 @@ pub fn start_node(
     progress: &Progress,
 ) -> Result<(), UpError> {
     binaries.find("node-agent")?;
-    let ztunnel = binaries.find("ztunnel")?;
+    binaries.find("ztunnel")?;
     progress.step(
         &format!("node {}: node agent and ztunnel started", node.name),
         || {
             let token = write_token(plan, node)?;
             start_node_agent(plan, node, binaries, journal)?;
-            let config_path = node.dir.join("ztunnel.yaml");
+            let config_path = ztunnel_config_path(node);
             let config = serde_yaml::to_string(&ztunnel_config(plan, node, &token))
                 .expect("a JSON value renders as YAML");
             fs::write(&config_path, config).map_err(|e| UpError::file(&config_path, e))?;
-            launch(
-                journal,
-                &Launch {
-                    role: Role::Mesh,
-                    name: format!("ztunnel {}", node.name),
-                    netns: Some(&node.netns),
-                    program: &ztunnel,
-                    args: vec!["--config".into(), config_path.display().to_string()],
-                    env: Vec::new(),
-                    log: node.dir.join("ztunnel.log"),
-                },
-            )?;
+            start_ztunnel(node, binaries, journal)?;
             Ok(())
+        },
+    )
+}
+
+fn ztunnel_config_path(node: &NodePlan) -> PathBuf {
+    node.dir.join("ztunnel.yaml")
+}
+
+/// Starts `node`'s ztunnel from the config `start_node` wrote (also again,
+/// after it stopped: it gets its pods from the node agent's snapshot).
+pub fn start_ztunnel(
+    node: &NodePlan,
+    binaries: &Binaries,
+    journal: &Journal,
+) -> Result<process::Started, UpError> {
+    let ztunnel = binaries.find("ztunnel")?;
+    launch(
+        journal,
+        &Launch {
+            role: Role::Mesh,
+            name: format!("ztunnel {}", node.name),
+            netns: Some(&node.netns),
+            program: &ztunnel,
+            args: vec![
+                "--config".into(),
+                ztunnel_config_path(node).display().to_string(),
+            ],
+            env: Vec::new(),
+            log: node.dir.join("ztunnel.log"),
         },
     )
 }

@@ -154,3 +154,53 @@ pub fn recorded_processes(state: &Path) -> Result<Vec<(Role, u32, u64)>> {
         })
         .collect())
 }
+
+/// A cluster directory of the given files (name, YAML), with the mesh, in a
+/// private state dir; the binaries from AMBIT_BIN_DIR when set.
+pub fn mesh_setup(files: &[(&str, String)]) -> Result<Setup> {
+    let mut setup = setup()?;
+    for entry in std::fs::read_dir(&setup.dir)? {
+        std::fs::remove_file(entry?.path())?;
+    }
+    for (name, text) in files {
+        std::fs::write(setup.dir.join(name), text)?;
+    }
+    setup.options.mesh = true;
+    if let Some(dir) = std::env::var_os("AMBIT_BIN_DIR") {
+        setup.options.binaries = Binaries { dir: dir.into() };
+    }
+    Ok(setup)
+}
+
+/// `ambit down`, with no warnings, and nothing of the cluster left after.
+pub fn down_and_check(setup: &Setup) -> Result<()> {
+    let state = setup.options.state_dir();
+    let processes: Vec<(u32, u64)> = recorded_processes(&state)?
+        .into_iter()
+        .map(|(_, pid, start)| (pid, start))
+        .collect();
+    let warnings = Cluster::down(&state, &Progress::quiet())?;
+    if !warnings.is_empty() {
+        bail!("ambit down warned: {warnings:?}");
+    }
+    assert_nothing_left(setup, &processes)
+}
+
+/// The pid and start time of the last process the journal records under
+/// `name` (e.g. `node-agent node-1`).
+pub fn recorded_process(state: &Path, name: &str) -> Result<(u32, u64)> {
+    Journal::new(state)
+        .read()?
+        .into_iter()
+        .rev()
+        .find_map(|r| match r {
+            Record::Process {
+                name: n,
+                pid,
+                start_time,
+                ..
+            } if n == name => Some((pid, start_time)),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("no process {name} in the journal"))
+}

@@ -131,15 +131,6 @@ impl Agent {
         let pod_name = format!("{}/{}", record.namespace, record.name);
         let record_was_enrolled = record.enrolled;
         if decision.enrolled() && (force || !record.enrolled) {
-            if let Err(error) = redirector
-                .install(&held, &families(&record.ips), bypass)
-                .await
-            {
-                tracing::warn!(%error, pod = %pod_name, "enrolment failed; retrying later");
-                self.inner.metrics.operation("enrol", Err("rules"));
-                self.set_error(uid, Some(error.to_string()));
-                return false;
-            }
             let mut record = record.clone();
             record.enrolled = true;
             record.service_account =
@@ -153,8 +144,25 @@ impl Agent {
             if let Some(e) = lock(&self.inner.pods).get_mut(uid) {
                 *e = entry;
             }
+            // ztunnel first: the running app's connections are redirected
+            // only once the pod's listeners are there to take them (the other
+            // order refuses its connections until ztunnel's Ack).
+            let added = self.inner.zds.add_if_connected(&zds_pod).await;
+            if let Err(error) = redirector
+                .install(&held, &families(&record.ips), bypass)
+                .await
+            {
+                tracing::warn!(%error, pod = %pod_name, "enrolment failed; retrying later");
+                self.inner.metrics.operation("enrol", Err("rules"));
+                if !record_was_enrolled {
+                    self.set_enrolled(uid, false);
+                    self.inner.zds.del(uid).await;
+                }
+                self.set_error(uid, Some(error.to_string()));
+                return false;
+            }
             self.write_record(&record);
-            match self.inner.zds.add_if_connected(&zds_pod).await {
+            match added {
                 Ok(_) => self.inner.metrics.operation("enrol", Ok(())),
                 // ztunnel keeps a refused pod pending and retries it.
                 Err(error) => {
@@ -171,9 +179,8 @@ impl Agent {
             // Out of the table's enrolled set first, so a ztunnel connecting
             // meanwhile is not offered the pod in its snapshot.
             self.set_enrolled(uid, false);
-            if record.enrolled {
-                self.inner.zds.del(uid).await;
-            }
+            // Rules out before ztunnel lets the pod go, so the app's new
+            // connections go direct rather than to listeners being closed.
             if let Err(error) = redirector.remove(&held).await {
                 tracing::warn!(%error, pod = %pod_name, "removing rules failed; retrying later");
                 self.inner.metrics.operation("unenrol", Err("rules"));
@@ -181,6 +188,9 @@ impl Agent {
                 self.set_enrolled(uid, true);
                 self.set_error(uid, Some(error.to_string()));
                 return false;
+            }
+            if record.enrolled {
+                self.inner.zds.del(uid).await;
             }
             let mut record = record;
             let changed = record.enrolled;

@@ -1,6 +1,7 @@
 use super::*;
 
-/// Spec 6.1, REDIRECT variant without DNS, mark 0x539, as restore input.
+/// Spec 6.1, REDIRECT variant without DNS, mark 0x539, as restore input;
+/// the REDIRECTs limited to SYNs.
 const SPEC_V4: &str = "\
 *mangle
 :ISTIO_PRERT - [0:0]
@@ -16,11 +17,11 @@ COMMIT
 -A OUTPUT -j ISTIO_OUTPUT
 -A PREROUTING -j ISTIO_PRERT
 -A ISTIO_PRERT -s 169.254.7.127 -p tcp -j ACCEPT
--A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006
+-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp --syn ! --dport 15008 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006
 -A ISTIO_OUTPUT -d 169.254.7.127 -p tcp -j ACCEPT
 -A ISTIO_OUTPUT -p tcp -m mark --mark 0x111/0xfff -j ACCEPT
 -A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT
--A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp --syn -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001
 COMMIT
 ";
 
@@ -37,7 +38,7 @@ fn ipv6_uses_its_loopback_and_probe_source() {
         script
             .contains("-A ISTIO_PRERT -s fd16:9254:7127:1337:ffff:ffff:ffff:ffff -p tcp -j ACCEPT")
     );
-    assert!(script.contains("-A ISTIO_OUTPUT ! -d ::1/128 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"));
+    assert!(script.contains("-A ISTIO_OUTPUT ! -d ::1/128 -p tcp --syn -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"));
     assert!(!script.contains("127.0.0.1"));
 }
 
