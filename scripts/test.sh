@@ -5,8 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "the tests create network namespaces: run as root" >&2; exit 1; }
 scripts/install-deps.sh
-scripts/check-manifests.py  # manifests/: rendered, schema-validated and cross-checked offline
-cargo build --workspace --bins
+# One build for binaries and tests: a separate `cargo build --bins` would build
+# tokio and everything above it a second time without the tests' features.
+cargo test --workspace --no-run
+# manifests/: rendered, schema-validated, cross-checked offline, and ztunnel's
+# ConfigMap config accepted by the ztunnel binary itself.
+scripts/check-manifests.py --ztunnel target/debug/ztunnel
 cargo test --workspace
 echo "== HBONE conformance (../shared/conformance/hbone) =="
 conformance=${AMBIT_CONFORMANCE:-../shared/conformance/hbone/run.sh}

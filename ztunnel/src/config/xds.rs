@@ -27,8 +27,9 @@ pub struct XdsConfig {
     /// Sent as `clusterid` metadata and `CLUSTER_ID` node metadata.
     #[serde(default = "default_cluster")]
     pub cluster_id: String,
-    /// The Kubernetes node this ztunnel runs on (`NODE_NAME`).
-    #[serde(default)]
+    /// The Kubernetes node this ztunnel runs on; default: the `NODE_NAME`
+    /// environment variable (the downward API sets it in a DaemonSet).
+    #[serde(default = "default_node_name")]
     pub node_name: String,
     /// Extra metadata on every call.
     #[serde(default)]
@@ -38,8 +39,9 @@ pub struct XdsConfig {
     pub pod_name: String,
     #[serde(default = "default_pod_namespace")]
     pub pod_namespace: String,
-    /// Sent as `INSTANCE_IPS`; `1.1.1.1` when unset, as Istio does.
-    #[serde(default)]
+    /// Sent as `INSTANCE_IPS`; default: the `INSTANCE_IP` environment variable,
+    /// else `1.1.1.1` as Istio sends.
+    #[serde(default = "default_instance_ip")]
     pub instance_ip: Option<IpAddr>,
     /// Extra node metadata (Istio's `ISTIO_META_<K>`).
     #[serde(default)]
@@ -49,11 +51,26 @@ pub struct XdsConfig {
 fn default_cluster() -> String {
     "Kubernetes".into()
 }
+// One config file serves every node of a DaemonSet, so what differs per pod
+// comes from the environment, as Istio's ztunnel takes it.
+fn default_node_name() -> String {
+    env_or("NODE_NAME", "")
+}
 fn default_pod_name() -> String {
-    "ztunnel".into()
+    env_or("POD_NAME", "ztunnel")
 }
 fn default_pod_namespace() -> String {
-    "istio-system".into()
+    env_or("POD_NAMESPACE", "istio-system")
+}
+fn default_instance_ip() -> Option<IpAddr> {
+    std::env::var("INSTANCE_IP").ok()?.parse().ok()
+}
+
+fn env_or(var: &str, fallback: &str) -> String {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => value,
+        _ => fallback.to_string(),
+    }
 }
 
 fn redact<S: serde::Serializer>(token: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -101,5 +118,20 @@ impl XdsConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::env_or;
+
+    #[test]
+    fn per_pod_defaults_come_from_the_environment_when_set() {
+        let path = std::env::var("PATH").expect("PATH is set in every test process");
+        assert_eq!(env_or("PATH", "fallback"), path);
+        assert_eq!(
+            env_or("AMBIT_SURELY_UNSET_VARIABLE_FOR_THIS_TEST", "fallback"),
+            "fallback"
+        );
     }
 }
