@@ -5,10 +5,12 @@
 //!
 //! `layout` writes the cluster directory, `detect` turns scrapes of the
 //! server node's ztunnel metrics into each pod's first mTLS connection,
+//! `client_log` tallies the clients' failed attempts during enrolment,
 //! `figures` is the arithmetic, `run` drives clusters and runs, `report`
 //! prints, `teardown` takes the cluster down on every way out. It does not
 //! build the binaries; it needs root.
 
+pub mod client_log;
 pub mod detect;
 pub mod figures;
 pub mod layout;

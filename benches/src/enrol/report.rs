@@ -63,6 +63,21 @@ pub fn render(report: &EnrolReport) -> String {
          benchmark running) before and after each scenario; \"not quiet\" marks other load."
     );
     for s in &report.scenarios {
+        let failed: Vec<String> = s
+            .client_failures
+            .iter()
+            .map(|(why, n)| format!("{n} x {why}"))
+            .collect();
+        let attempts_failed = if failed.is_empty() {
+            "none".to_string()
+        } else {
+            failed.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "  {} pod(s): client attempts failed during enrolment (all runs): {attempts_failed}",
+            s.pods
+        );
         let _ = writeln!(
             out,
             "  {} pod(s): cluster up in {:.1} s; machine busy before it {:.1}% ({} sample(s)), after it {:.1}%; node-1 ztunnel RSS before any enrolment {} KiB",

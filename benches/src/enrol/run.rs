@@ -12,6 +12,7 @@ use ambit::label::{self, LabelChange, Target};
 use anyhow::{Context, bail};
 use serde::Serialize;
 
+use super::client_log;
 use super::detect::{self, FirstMtls, Scrape, Watch};
 use super::figures::{self, RunTimes, Spread};
 use super::layout::{self, CLIENT_NAMESPACE, CLIENT_NODE, DATAPLANE_MODE, SERVER_NODE};
@@ -101,6 +102,8 @@ pub struct Scenario {
     /// Median over runs of `(RSS enrolled - RSS just before the label) / pods`.
     pub rss_per_pod_runs_kib: Option<f64>,
     pub widest_window_ms: f64,
+    /// Client attempts that failed during enrolment, all runs together.
+    pub client_failures: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,6 +120,9 @@ pub struct Run {
     /// The whole machine from the label to the last pod's mTLS connection.
     pub busy_during_percent: f64,
     pub load_at_label: String,
+    /// Client attempts that failed from the label to the RSS reading, by
+    /// reason, all pods together.
+    pub client_failures: BTreeMap<String, usize>,
 }
 
 pub fn run(args: &EnrolArgs, teardown: &Teardown) -> anyhow::Result<EnrolReport> {
@@ -226,7 +232,12 @@ fn scenario(
         .iter()
         .filter_map(|r| figures::rss_per_pod_kib(r.rss_before_kib, r.rss_enrolled_kib, pods))
         .collect();
+    let mut client_failures = BTreeMap::new();
+    for run in &runs {
+        client_log::add(&mut client_failures, &run.client_failures);
+    }
     Ok(Scenario {
+        client_failures,
         pods,
         client_every_ms: every.as_secs_f64() * 1000.0,
         cluster_up_s,
@@ -259,6 +270,17 @@ fn one_run(
     let rss_before_kib = rss_median(ztunnel)?;
     let baseline = detect::mtls_counts(&scrape_samples(server_netns)?, CLIENT_NAMESPACE, names);
     let load_at_label = loadavg();
+    let logs: Vec<PathBuf> = names
+        .iter()
+        .map(|pod| {
+            cluster
+                .plan()
+                .state_dir
+                .join("pods")
+                .join(format!("{CLIENT_NAMESPACE}.{pod}.log"))
+        })
+        .collect();
+    let offsets: Vec<u64> = logs.iter().map(|l| client_log::length(l)).collect();
     let cpu_before = procfs::read_cpu_times()?;
 
     let writing = Instant::now();
@@ -301,6 +323,12 @@ fn one_run(
     wait_enrolment(cluster, true)?;
     std::thread::sleep(args.settle);
     let rss_enrolled_kib = rss_median(ztunnel)?;
+    let mut client_failures = BTreeMap::new();
+    for (log, from) in logs.iter().zip(offsets) {
+        let lines = client_log::since(log, from)
+            .with_context(|| format!("reading the client log {}", log.display()))?;
+        client_log::add(&mut client_failures, &client_log::failures(&lines));
+    }
     Ok(Run {
         label_write_ms,
         times,
@@ -311,6 +339,7 @@ fn one_run(
         busy_before_percent,
         busy_during_percent,
         load_at_label,
+        client_failures,
     })
 }
 
