@@ -12,7 +12,8 @@ fn spread_ms(s: Option<&Spread>) -> String {
 }
 
 fn kib(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.0} KiB"))
+    // `+ 0.0` turns -0.0 into 0.0, which prints without a sign.
+    v.map_or("-".into(), |v| format!("{:.0} KiB", v.round() + 0.0))
 }
 
 pub fn render(report: &EnrolReport) -> String {
