@@ -10,7 +10,9 @@
 //! traffic went through it, and reports medians over runs and ratios to direct TCP in
 //! the same run. See `benches/README.md` for the method.
 //!
-//! `ambit-control-bench` (module `control`) measures the control plane at scale.
+//! `ambit-control-bench` (module `control`) measures the control plane at scale;
+//! `ambit-enrol-bench` (module `enrol`) the time from a namespace label to mTLS
+//! on a local cluster, and ztunnel memory per enrolled pod.
 //!
 //! What it does not do: build ztunnel, install tools, or tune the machine; it needs
 //! root and two CPUs, and judges (does not control) how quiet the machine is.
@@ -19,6 +21,7 @@ pub mod bench;
 pub mod cli;
 pub mod control;
 pub mod echo;
+pub mod enrol;
 pub mod http;
 pub mod iperf;
 pub mod procfs;

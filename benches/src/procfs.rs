@@ -14,6 +14,8 @@ pub enum ProcError {
     PidStat(String),
     #[error("/proc/PID/status has no parsable VmHWM line")]
     NoVmHwm,
+    #[error("/proc/PID/status has no parsable VmRSS line")]
+    NoVmRss,
     #[error("reading {path}: {source}")]
     Read {
         path: String,
@@ -106,12 +108,25 @@ pub fn parse_pid_stat(text: &str) -> Result<ProcCpu, ProcError> {
 
 /// Parses `VmHWM` (peak resident set size) from `/proc/PID/status`, in KiB.
 pub fn parse_vm_hwm_kib(status: &str) -> Result<u64, ProcError> {
+    status_kib(status, "VmHWM:").ok_or(ProcError::NoVmHwm)
+}
+
+/// Parses `VmRSS` (resident set size now) from `/proc/PID/status`, in KiB.
+pub fn parse_vm_rss_kib(status: &str) -> Result<u64, ProcError> {
+    status_kib(status, "VmRSS:").ok_or(ProcError::NoVmRss)
+}
+
+fn status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().strip_suffix("kB"))
         .and_then(|v| v.trim().parse().ok())
-        .ok_or(ProcError::NoVmHwm)
+}
+
+/// A live process's resident set size now, in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64, ProcError> {
+    parse_vm_rss_kib(&read(&format!("/proc/{pid}/status"))?)
 }
 
 /// CPU seconds (user + system) and peak RSS of a running process.
@@ -214,7 +229,9 @@ mod tests {
         let status =
             "Name:\tztunnel\nVmPeak:\t  900000 kB\nVmHWM:\t   36412 kB\nVmRSS:\t   30000 kB\n";
         assert_eq!(parse_vm_hwm_kib(status).unwrap(), 36412);
+        assert_eq!(parse_vm_rss_kib(status).unwrap(), 30000);
         assert!(parse_vm_hwm_kib("Name:\tx\n").is_err());
+        assert!(parse_vm_rss_kib("Name:\tx\n").is_err());
     }
 
     #[test]
