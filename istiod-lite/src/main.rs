@@ -27,29 +27,14 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let first = signals().await;
+        let first = mesh_core::drain::termination_signal().await;
         tracing::info!("{first}: draining");
         tokio::select! {
             _ = app.shutdown() => ExitCode::SUCCESS,
-            _ = signals() => {
+            _ = mesh_core::drain::termination_signal() => {
                 tracing::warn!("second signal: exiting at once");
                 ExitCode::FAILURE
             }
         }
     })
-}
-
-/// Waits for SIGTERM or SIGINT.
-async fn signals() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => std::future::pending().await,
-    }
 }

@@ -91,6 +91,23 @@ impl DrainWatcher {
     }
 }
 
+/// Waits for SIGTERM or SIGINT and names it: the binaries' cue to drain (and,
+/// called again, to give up draining). Never resolves if the handlers cannot
+/// be installed.
+pub async fn termination_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
