@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "istio/security/authorization.proto",
     "istio/ca/ca.proto",
     "istio/zds/zds.proto",
+    "ambit/waypoint/v1/waypoint.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

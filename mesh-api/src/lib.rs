@@ -1,8 +1,9 @@
 //! Wire types of Istio ambient's protocols, generated at build time from the
 //! hand-written `.proto` files in `proto/`: delta xDS (envoy.service.discovery.v3,
 //! envoy.config.core.v3, google.rpc), workload discovery (istio.workload),
-//! L4 authorization (istio.security), certificate issuance (istio.v1.auth) and
-//! the istio-cni node agent protocol (istio.workload.zds). This crate holds
+//! L4 authorization (istio.security), certificate issuance (istio.v1.auth),
+//! the istio-cni node agent protocol (istio.workload.zds), and Ambit's own
+//! waypoint configuration (ambit.waypoint.v1). This crate holds
 //! only prost messages and type URLs; it contains no logic.
 
 /// Type URL of `istio.workload.Address` resources (workloads and services).
@@ -10,6 +11,21 @@ pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 
 /// Type URL of `istio.security.Authorization` resources.
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+
+/// Type URL of `ambit.waypoint.v1.Waypoint` resources (a waypoint's L7 config).
+pub const WAYPOINT_TYPE_URL: &str = "type.googleapis.com/ambit.waypoint.v1.Waypoint";
+
+/// Ambit's own API packages.
+pub mod ambit {
+    /// Waypoint configuration.
+    pub mod waypoint {
+        /// Package `ambit.waypoint.v1`: routes and L7 policies per waypoint.
+        #[allow(clippy::all)]
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/ambit.waypoint.v1.rs"));
+        }
+    }
+}
 
 /// Envoy API packages.
 pub mod envoy {
