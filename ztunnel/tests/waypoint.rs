@@ -12,22 +12,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use http::{HeaderMap, StatusCode};
 use mesh_api::ADDRESS_TYPE_URL;
 use mesh_api::istio::workload as xw;
 use mesh_core::Identity;
-use mesh_core::drain;
-use mesh_core::hbone::{
-    self, ConnectRequest, Handler, HboneError, InboundRequest, PlainDialer, Pool, PoolKey,
-};
+use mesh_core::hbone::{self, ConnectRequest, HboneError, PlainDialer, Pool, PoolKey};
 use mesh_core::telemetry::LogControl;
-use mesh_core::tls::{CertStore, CertificateAuthority, LocalCa, TrustBundle};
+use mesh_core::tls::CertificateAuthority;
 use mesh_testkit::xds_server::{XdsServer, resource};
 use mesh_testkit::{EchoServer, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
 use ztunnel::{App, Config};
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -42,17 +38,6 @@ fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "default", sa).unwrap()
 }
 
-/// Certificates for the test side (waypoint stand-in, test clients) from the
-/// same CA ztunnel uses.
-fn cert_store(ca: &CertificateAuthority) -> Arc<CertStore> {
-    let roots = Arc::new(TrustBundle::new(vec![ca.root_der().clone()]).unwrap());
-    let source = LocalCa {
-        ca: CertificateAuthority::from_pem(ca.root_pem(), &ca.key_pem()).unwrap(),
-        ttl: Duration::from_secs(3600),
-    };
-    CertStore::new(Arc::new(source), roots)
-}
-
 fn write_ca(dir: &Path) -> Result<CertificateAuthority> {
     let ca = CertificateAuthority::generate("waypoint test")?;
     std::fs::write(dir.join("root.pem"), ca.root_pem())?;
@@ -60,93 +45,9 @@ fn write_ca(dir: &Path) -> Result<CertificateAuthority> {
     Ok(ca)
 }
 
-/// What an HBONE server saw of one CONNECT.
-#[derive(Debug, Clone)]
-struct Seen {
-    authority: SocketAddr,
-    forwarded: Option<String>,
-    peer_identity: Option<Identity>,
-}
-
-/// Records each CONNECT and tunnels it to an echo server.
-struct Recorder {
-    seen: mpsc::UnboundedSender<Seen>,
-    echo: SocketAddr,
-}
-
-impl Handler for Recorder {
-    async fn handle(&self, req: InboundRequest) {
-        let _ = self.seen.send(Seen {
-            authority: req.authority,
-            forwarded: req
-                .headers
-                .get("forwarded")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            peer_identity: req.peer.identity.clone(),
-        });
-        let Ok(mut upstream) = TcpStream::connect(self.echo).await else {
-            return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
-        };
-        let Ok(tunnel) = req.accept(HeaderMap::new()) else {
-            return;
-        };
-        hbone::splice(&mut upstream, tunnel, None).await;
-    }
-}
-
-/// An HBONE server with `identity`'s certificate: the stand-in waypoint (or
-/// a destination pod's HBONE port).
-struct HboneServer {
-    addr: SocketAddr,
-    seen: mpsc::UnboundedReceiver<Seen>,
-    _echo: EchoServer,
-    _stop: drain::DrainTrigger,
-}
-
-impl HboneServer {
-    async fn start(ca: &CertificateAuthority, identity: &Identity, at: SocketAddr) -> Result<Self> {
-        let store = cert_store(ca);
-        store.prefetch(identity).await?;
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(mesh_core::tls::server_config(store, identity.clone()));
-        let listener = TcpListener::bind(at).await?;
-        let addr = listener.local_addr()?;
-        let echo = EchoServer::start(TcpListener::bind("127.0.0.1:0").await?);
-        let (tx, seen) = mpsc::unbounded_channel();
-        let handler = Arc::new(Recorder {
-            seen: tx,
-            echo: echo.addr,
-        });
-        let (stop, watcher) = drain::channel();
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    _ = watcher.draining() => return,
-                };
-                let Ok((tcp, _)) = accepted else { return };
-                let (acceptor, h, w) = (acceptor.clone(), handler.clone(), watcher.clone());
-                tokio::spawn(async move {
-                    let _ = hbone::serve_connection(tcp, acceptor, &Default::default(), h, w).await;
-                });
-            }
-        });
-        Ok(HboneServer {
-            addr,
-            seen,
-            _echo: echo,
-            _stop: stop,
-        })
-    }
-
-    async fn next(&mut self) -> Result<Seen> {
-        tokio::time::timeout(PATIENCE, self.seen.recv())
-            .await
-            .context("no CONNECT arrived in time")?
-            .ok_or_else(|| anyhow!("the server stopped"))
-    }
-}
+#[path = "waypoint/standin.rs"]
+mod standin;
+use standin::{HboneServer, cert_store};
 
 async fn roundtrip(s: &mut TcpStream, payload: &[u8]) -> Result<()> {
     s.write_all(payload).await?;
@@ -260,11 +161,16 @@ async fn service_and_pod_ip_traffic_of_bound_destinations_goes_to_the_waypoint()
     let (client_ip, wp_ip, reviews_ip, ratings_ip, details_ip) =
         (ip(1, 1), ip(1, 10), ip(1, 2), ip(1, 3), ip(1, 4));
     let (reviews_vip, details_vip, broken_vip) = (ip(1, 102), ip(1, 104), ip(1, 105));
-    let mut waypoint = HboneServer::start(&ca, &id("waypoint"), SocketAddr::new(wp_ip, 0)).await?;
+    let mut waypoint =
+        HboneServer::serve(&ca, &id("waypoint"), TcpListener::bind((wp_ip, 0)).await?).await?;
     let wp_port = waypoint.addr.port();
     // `details` has no waypoint: its pod's HBONE port is reached directly.
-    let mut details =
-        HboneServer::start(&ca, &id("details"), SocketAddr::new(details_ip, 15008)).await?;
+    let mut details = HboneServer::serve(
+        &ca,
+        &id("details"),
+        TcpListener::bind((details_ip, 15008)).await?,
+    )
+    .await?;
     let model = format!(
         "
 workloads:
