@@ -64,12 +64,16 @@ impl Handler for Inbound {
         // from it, or its L7 policy could be skipped by dialling the pod.
         let admission = waypoint::admit(&state, &local, peer.identity.as_ref());
         match &admission {
-            Admission::Refused { waypoints, reason } => {
+            Admission::Refused {
+                waypoints,
+                cause,
+                reason,
+            } => {
                 drop(state);
                 proxy
                     .metrics
                     .waypoint_bypass_refused
-                    .get_or_create(&WaypointLabels::new(waypoints, admission.label()))
+                    .get_or_create(&WaypointLabels::new(waypoints, cause.label()))
                     .inc();
                 tracing::info!(peer = %peer.addr, %target, waypoint = %waypoints, %reason, "refused a connection that bypasses the destination's waypoint");
                 record.via_waypoint(waypoints);

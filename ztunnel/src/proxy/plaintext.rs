@@ -49,14 +49,17 @@ pub async fn handle(
         },
     );
     // Plaintext has no identity, so it never comes from a waypoint.
-    if let admission @ Admission::Refused { waypoints, reason } =
-        &waypoint::admit(&state, &local, None)
+    if let Admission::Refused {
+        waypoints,
+        cause,
+        reason,
+    } = &waypoint::admit(&state, &local, None)
     {
         drop(state);
         proxy
             .metrics
             .waypoint_bypass_refused
-            .get_or_create(&WaypointLabels::new(waypoints, admission.label()))
+            .get_or_create(&WaypointLabels::new(waypoints, cause.label()))
             .inc();
         tracing::info!(%peer, %target, waypoint = %waypoints, %reason, "refused a plaintext connection that bypasses the destination's waypoint");
         record.via_waypoint(waypoints);

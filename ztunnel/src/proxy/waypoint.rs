@@ -194,24 +194,33 @@ pub enum Admission {
     /// The peer is `local`'s waypoint.
     FromWaypoint { waypoint: String },
     /// `local` is waypoint-bound and the peer is not its waypoint.
-    Refused { waypoints: String, reason: String },
+    Refused {
+        waypoints: String,
+        cause: Refusal,
+        reason: String,
+    },
 }
 
-impl Admission {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No identity at all (plaintext).
+    Plaintext,
+    /// A mesh identity, but not the waypoint's.
+    NotWaypointIdentity,
+}
+
+impl Refusal {
     /// A short label for the refusal counter.
-    pub fn label(&self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
-            Admission::Refused { reason, .. } if reason.starts_with("no peer identity") => {
-                "plaintext"
-            }
-            Admission::Refused { .. } => "not_waypoint_identity",
-            _ => "",
+            Refusal::Plaintext => "plaintext",
+            Refusal::NotWaypointIdentity => "not_waypoint_identity",
         }
     }
 }
 
-/// Spec 9.3 (and the brief of this mesh): traffic to a waypoint-bound pod
-/// must come from its waypoint, so L7 policy cannot be skipped by dialling
+/// Traffic to a waypoint-bound pod must come from its waypoint (spec 9.3
+/// says who the waypoint connects as), so L7 policy cannot be skipped by dialling
 /// the pod directly. `peer` is the TLS identity, `None` for plaintext.
 pub fn admit(state: &State, local: &WorkloadEntry, peer: Option<&Identity>) -> Admission {
     let bound = bound_to(state, local);
@@ -226,6 +235,7 @@ pub fn admit(state: &State, local: &WorkloadEntry, peer: Option<&Identity>) -> A
     let Some(peer) = peer else {
         return Admission::Refused {
             waypoints: names,
+            cause: Refusal::Plaintext,
             reason: "no peer identity (plaintext) for a pod bound to a waypoint".into(),
         };
     };
@@ -238,6 +248,7 @@ pub fn admit(state: &State, local: &WorkloadEntry, peer: Option<&Identity>) -> A
     }
     Admission::Refused {
         waypoints: names.clone(),
+        cause: Refusal::NotWaypointIdentity,
         reason: format!("{peer} is not the identity of waypoint {names}"),
     }
 }

@@ -333,16 +333,25 @@ fn a_pod_bound_by_its_service_or_its_workload_admits_only_its_waypoint() {
             refused,
             Admission::Refused {
                 waypoints: "default/waypoint".into(),
+                cause: Refusal::NotWaypointIdentity,
                 reason: "spiffe://cluster.local/ns/default/sa/client is not the identity of \
                          waypoint default/waypoint"
                     .into()
             },
             "{pod}"
         );
-        assert_eq!(refused.label(), "not_waypoint_identity");
         let plaintext = admit(&s, &local, None);
-        assert!(matches!(plaintext, Admission::Refused { .. }), "{pod}");
-        assert_eq!(plaintext.label(), "plaintext");
+        assert!(
+            matches!(
+                plaintext,
+                Admission::Refused {
+                    cause: Refusal::Plaintext,
+                    ..
+                }
+            ),
+            "{pod}"
+        );
+        assert_eq!(Refusal::Plaintext.label(), "plaintext");
     }
 }
 
