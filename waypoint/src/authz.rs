@@ -22,6 +22,7 @@ use crate::config::ConfigError;
 
 mod path;
 
+pub(crate) use path::hex;
 pub use path::{PathError, normalize_path};
 
 /// The policy that decided.
@@ -675,3 +676,6 @@ fn condition_holds(c: &Condition, f: &Facts, deny: bool) -> bool {
         },
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -352,3 +352,6 @@ impl Drop for InFlight {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -108,3 +108,6 @@ pub fn decide(f: &FaultPolicy, rng: &mut impl Rng) -> FaultAction {
 fn roll(percent: f64, rng: &mut impl Rng) -> bool {
     percent >= 100.0 || (percent > 0.0 && rng.random::<f64>() * 100.0 < percent)
 }
+
+#[cfg(test)]
+mod tests;

@@ -207,3 +207,6 @@ impl Drop for RetryPermit {
         self.inner.active_retries.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,7 @@
 //! Whether one compiled `Match` matches a request.
 
 use super::{Match, PathMatch, RequestHead, ValueMatch};
+use crate::authz::hex;
 
 pub(super) fn matches(m: &Match, req: &RequestHead) -> bool {
     if !path_matches(&m.path, req.path) {
@@ -88,13 +89,4 @@ fn decode_component(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-pub(crate) fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
