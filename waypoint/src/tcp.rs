@@ -3,13 +3,60 @@
 
 use std::sync::Arc;
 
+use crate::authz::{self, Decision, RequestAttrs};
 use crate::discovery::Endpoint;
 use crate::listener::{Destination, StreamContext};
-use crate::metrics::{Parties, Rejection, TcpLabels};
+use crate::metrics::{DenialLabels, Parties, Rejection, TcpLabels};
 use crate::stream_io::StreamIo;
+
+/// L4 authorization of an opaque stream: the Gateway's policies and the
+/// service's, with no request attributes.
+fn authorize(ctx: &StreamContext) -> Result<(), String> {
+    let snapshot = ctx.proxy.config.load();
+    let Some(snapshot) = snapshot.as_ref() else {
+        return Ok(());
+    };
+    let service = match &ctx.destination {
+        Destination::Service(s, _) => snapshot.service_by_host(&s.hostname),
+        Destination::Workload(..) => None,
+    };
+    let (destination_ip, destination_port) = ctx.destination.addr();
+    let attrs = RequestAttrs {
+        source_principal: ctx
+            .caller
+            .identity
+            .as_ref()
+            .map(|_| ctx.caller.uri.as_str()),
+        source_ip: ctx.client_ip(),
+        destination_ip,
+        destination_port,
+        request: None,
+    };
+    match authz::decide(
+        snapshot.gateway_policies(),
+        service.map(|s| &s.policies),
+        &attrs,
+    ) {
+        Decision::Allow { .. } => Ok(()),
+        Decision::Deny { policy, .. } => Err(policy.to_string()),
+    }
+}
 
 pub async fn serve(mut downstream: StreamIo, ctx: Arc<StreamContext>) {
     let proxy = &ctx.proxy;
+    if let Err(policy) = authorize(&ctx) {
+        proxy.metrics.reject(Rejection::authz_denied);
+        proxy
+            .metrics
+            .denied
+            .get_or_create(&DenialLabels {
+                policy: policy.clone(),
+            })
+            .inc();
+        tracing::debug!(%policy, caller = %ctx.caller.uri, "opaque TCP stream denied");
+        downstream.reset(h2::Reason::REFUSED_STREAM);
+        return;
+    }
     let (endpoint, service) = match &ctx.destination {
         Destination::Workload(w, addr) => (
             Some(Endpoint {
