@@ -510,8 +510,9 @@ async fn serve_destination(
 
 /// A local HTTP backend (HTTP/1.1 or HTTP/2). It answers every request with
 /// `name` in `x-backend` and the request headers echoed as `echo-<name>`;
-/// `/status/<n>` answers n, `/delay/<ms>` waits first, `/flaky/<n>` fails
-/// with 503 on its first n requests.
+/// `/status/<n>` answers n, `/delay/<ms>` waits first, `/slow503/<ms>`
+/// waits then answers 503, `/flaky/<n>` fails with 503 on its first n
+/// requests.
 pub struct Backend {
     pub port: u16,
     pub requests: Arc<AtomicU64>,
@@ -562,6 +563,11 @@ async fn answer(name: &str, req: Request<Incoming>, counter: &AtomicU64) -> Resp
     if let Some(ms) = path.strip_prefix("/delay/") {
         let ms: u64 = ms.parse().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(ms) = path.strip_prefix("/slow503/") {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        status = StatusCode::SERVICE_UNAVAILABLE;
     }
     if let Some(k) = path.strip_prefix("/flaky/")
         && n < k.parse().unwrap_or(0)
