@@ -253,3 +253,57 @@ async fn a_route_timeout_fires_with_504() -> Result<()> {
     assert_eq!(status, StatusCode::OK);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_rule_is_nacked_with_its_reason_while_the_rest_applies() -> Result<()> {
+    let mut mesh = Mesh::start(|_| {}).await?;
+    mesh.destination(1, "echo-a").await?;
+    let b = Backend::start("echo", false).await?;
+    let vip = mesh
+        .service("echo", 100, 80, &[("echo-a", 1, b.port)])
+        .await?;
+    let mut svc = svc_config(&mesh, "echo", 100, 80);
+    svc.routes.push(route(vec![
+        wp::Rule {
+            name: "broken".into(),
+            matches: vec![wp::Match {
+                path: Some(wp::PathMatch {
+                    r#type: wp::path_match::Type::Regex as i32,
+                    value: "(".into(),
+                }),
+                ..Default::default()
+            }],
+            backends: vec![backend("echo", 80, 1)],
+            ..Default::default()
+        },
+        wp::Rule {
+            name: "good".into(),
+            matches: vec![wp::Match {
+                path: Some(wp::PathMatch {
+                    r#type: wp::path_match::Type::Prefix as i32,
+                    value: "/good".into(),
+                }),
+                ..Default::default()
+            }],
+            backends: vec![backend("echo", 80, 1)],
+            ..Default::default()
+        },
+    ]));
+    let nack = mesh
+        .push_waypoint_raw(waypoint(vec![svc]))
+        .await?
+        .expect("a NACK");
+    assert!(nack.contains("broken"), "{nack}");
+    assert!(nack.contains("regular expression"), "{nack}");
+    // The valid rule applies: /good is served, anything else has no route.
+    let (status, _, _) = status_of(&mesh, vip, "/good/x").await?;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body, _) = status_of(&mesh, vip, "/other").await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let metrics = mesh.metrics().await?;
+    assert!(
+        metrics.contains("waypoint_config_errors_total{kind=\"waypoint_config\"} 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
