@@ -307,3 +307,35 @@ async fn an_invalid_rule_is_nacked_with_its_reason_while_the_rest_applies() -> R
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_traffic_goes_to_that_pod_under_the_gateways_policies() -> Result<()> {
+    let mut mesh = Mesh::start(|_| {}).await?;
+    mesh.destination(1, "echo-a").await?;
+    let b = Backend::start("echo", false).await?;
+    mesh.service("echo", 100, 80, &[("echo-a", 1, b.port)])
+        .await?;
+    let mut w = waypoint(vec![]);
+    w.policies.push(wp::Policy {
+        namespace: NS.into(),
+        name: "gateway-deny-secret".into(),
+        action: wp::policy::Action::Deny as i32,
+        rules: vec![wp::PolicyRule {
+            to: vec![wp::Operation {
+                paths: vec!["/secret".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        dry_run: false,
+    });
+    mesh.push_waypoint(w).await?;
+    // The pod's own address, as a client ztunnel sends workload traffic.
+    let pod = std::net::SocketAddr::new(mesh.ip(1), b.port);
+    let (status, body, headers) = status_of(&mesh, pod, "/hello").await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(headers.contains_key("echo-x-forwarded-client-cert"));
+    let (status, body, _) = status_of(&mesh, pod, "/secret").await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    Ok(())
+}
