@@ -339,3 +339,65 @@ async fn workload_traffic_goes_to_that_pod_under_the_gateways_policies() -> Resu
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_abort_and_mirrors_get_a_copy() -> Result<()> {
+    let mut mesh = Mesh::start(|_| {}).await?;
+    mesh.destination(1, "v1").await?;
+    mesh.destination(2, "shadow").await?;
+    let main = Backend::start("v1", false).await?;
+    let shadow = Backend::start("shadow", false).await?;
+    let vip = mesh
+        .service("echo", 100, 80, &[("v1", 1, main.port)])
+        .await?;
+    mesh.service("shadow", 101, 80, &[("shadow", 2, shadow.port)])
+        .await?;
+    let mut svc = svc_config(&mesh, "echo", 100, 80);
+    let prefix = |v: &str| wp::Match {
+        path: Some(wp::PathMatch {
+            r#type: wp::path_match::Type::Prefix as i32,
+            value: v.into(),
+        }),
+        ..Default::default()
+    };
+    svc.routes.push(route(vec![
+        wp::Rule {
+            name: "teapot".into(),
+            matches: vec![prefix("/fault")],
+            backends: vec![backend("echo", 80, 1)],
+            fault: Some(wp::Fault {
+                abort_status: 418,
+                abort_percent: 100.0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        wp::Rule {
+            name: "mirrored".into(),
+            matches: vec![prefix("/")],
+            backends: vec![backend("echo", 80, 1)],
+            filters: vec![wp::Filter {
+                kind: Some(wp::filter::Kind::RequestMirror(wp::Mirror {
+                    backend: Some(backend("shadow", 80, 1)),
+                    percent: 100.0,
+                })),
+            }],
+            ..Default::default()
+        },
+    ]));
+    mesh.push_waypoint(waypoint(vec![svc])).await?;
+
+    let (status, body, _) = status_of(&mesh, vip, "/fault/x").await?;
+    assert_eq!(status.as_u16(), 418, "{body}");
+    assert_eq!(main.requests.load(Ordering::SeqCst), 0);
+
+    let (status, _, headers) = status_of(&mesh, vip, "/copied").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-backend"], "v1");
+    mesh_testkit::eventually("the mirror got a copy", PATIENCE, || async {
+        anyhow::ensure!(shadow.requests.load(Ordering::SeqCst) == 1);
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
