@@ -189,8 +189,7 @@ mod tests {
             "http1",
             "--target",
             "10.1.1.2:8080",
-            "--duration",
-            "-1",
+            "--duration=-1",
         ])
         .unwrap();
         let AppCommand::Load(load) = a.command else {
