@@ -355,7 +355,12 @@ pub struct EnvoyProof {
 pub fn verify(stats: &BTreeMap<String, u64>, listen: SocketAddr) -> Result<EnvoyProof> {
     let get = |name: &str| stats.get(name).copied().unwrap_or(0);
     let proof = EnvoyProof {
-        hbone_tls_handshakes: get(&format!("listener.{listen}.ssl.handshake")),
+        // Envoy names a listener's stats after its address with `_` for `:`.
+        hbone_tls_handshakes: get(&format!(
+            "listener.{}_{}.ssl.handshake",
+            listen.ip(),
+            listen.port()
+        )),
         hbone_tunnels_in: get("http.hbone.downstream_rq_total"),
         requests: BACKENDS
             .iter()
@@ -465,7 +470,7 @@ mod tests {
 
     #[test]
     fn stats_and_proof() {
-        let text = "listener.10.1.1.3:15008.ssl.handshake: 3\n\
+        let text = "listener.10.1.1.3_15008.ssl.handshake: 3\n\
                     http.hbone.downstream_rq_total: 40\n\
                     http.inner_http.downstream_rq_total: 12000\n\
                     http.inner_grpc.downstream_rq_total: 11000\n\
