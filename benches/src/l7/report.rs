@@ -141,10 +141,10 @@ pub fn summarize(results: &[ScenarioResult], paths: &[L7Path]) -> Summary {
                     p50_us: median(&values(&|l| l.p50_us)),
                     p99_us: median(&values(&|l| l.p99_us)),
                     errors: runs.iter().filter_map(|r| of(r)).map(|l| l.errors).sum(),
-                    added_p50_over_l4_us: (path != L7Path::L4)
+                    added_p50_over_l4_us: (!matches!(path, L7Path::L4 | L7Path::Direct))
                         .then(|| versus(L7Path::L4, &diff, &|l| l.p50_us))
                         .flatten(),
-                    added_p99_over_l4_us: (path != L7Path::L4)
+                    added_p99_over_l4_us: (!matches!(path, L7Path::L4 | L7Path::Direct))
                         .then(|| versus(L7Path::L4, &diff, &|l| l.p99_us))
                         .flatten(),
                     p50_ratio_to_direct: (path != L7Path::Direct)
@@ -386,4 +386,172 @@ pub fn progress_line(r: &ScenarioResult) -> String {
         if r.flagged { " (flagged: busy)" } else { "" },
         parts.join("; ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::l7::load::{LoadResult, Mode};
+    use crate::l7::scenario::{PhaseResult, Proof, ProxyPeak, ProxyPhase};
+    use crate::quiet::QuietCheck;
+
+    fn load(protocol: Protocol, phase: Phase, rps: f64, p50: f64, p99: f64) -> LoadResult {
+        LoadResult {
+            protocol,
+            mode: match phase {
+                Phase::Fixed => Mode::Fixed { rate: 1000 },
+                Phase::Saturate => Mode::Saturate,
+            },
+            workers: 8,
+            requests: (rps * 10.0) as u64,
+            errors: 0,
+            first_error: None,
+            scheduled: 0,
+            elapsed_s: 10.0,
+            achieved_rps: rps,
+            p50_us: p50,
+            p90_us: p50,
+            p99_us: p99,
+            max_us: p99,
+            pacer_lag_p99_us: None,
+        }
+    }
+
+    /// A scenario whose every phase has latency `p50`/`p99` and whose proxy (if any)
+    /// used `cpu` us per request and `rss` MiB.
+    fn scenario(
+        path: L7Path,
+        run: usize,
+        p50: f64,
+        p99: f64,
+        proxy: Option<(&'static str, f64, f64)>,
+        flagged: bool,
+    ) -> ScenarioResult {
+        let quiet = QuietCheck {
+            samples_busy_percent: vec![1.0],
+            quiet: true,
+        };
+        let mut phases = Vec::new();
+        for phase in [Phase::Fixed, Phase::Saturate] {
+            for protocol in [Protocol::Http1, Protocol::Grpc] {
+                phases.push(PhaseResult {
+                    protocol,
+                    phase,
+                    load: load(protocol, phase, 1000.0, p50, p99),
+                    proxies: proxy
+                        .iter()
+                        .map(|&(name, cpu, _)| ProxyPhase {
+                            proxy: name,
+                            cpu_seconds: cpu * 1e-6 * 10_000.0,
+                            cpu_us_per_request: cpu,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        ScenarioResult {
+            path,
+            run,
+            quiet_before: quiet.clone(),
+            quiet_after: quiet,
+            flagged,
+            phases,
+            proxies: proxy
+                .iter()
+                .map(|&(name, _, rss)| ProxyPeak {
+                    proxy: name,
+                    peak_rss_mib_fixed_rate: rss - 1.0,
+                    peak_rss_mib: rss,
+                })
+                .collect(),
+            proof: Proof {
+                ztunnels: None,
+                waypoint: None,
+                envoy: None,
+            },
+        }
+    }
+
+    #[test]
+    fn medians_differences_and_targets() {
+        let mut results = Vec::new();
+        for (run, shift) in [(0, 0.0), (1, 10.0), (2, 500.0)] {
+            results.push(scenario(
+                L7Path::Direct,
+                run,
+                100.0 + shift,
+                200.0,
+                None,
+                false,
+            ));
+            results.push(scenario(L7Path::L4, run, 200.0 + shift, 300.0, None, false));
+            results.push(scenario(
+                L7Path::Waypoint,
+                run,
+                300.0 + shift,
+                500.0,
+                Some(("waypoint", 50.0, 20.0)),
+                false,
+            ));
+            results.push(scenario(
+                L7Path::Envoy,
+                run,
+                400.0 + shift,
+                450.0,
+                Some(("envoy", 80.0, 60.0)),
+                false,
+            ));
+        }
+        // A flagged run of the waypoint with absurd figures stays out of the medians.
+        results.push(scenario(
+            L7Path::Waypoint,
+            3,
+            9e6,
+            9e6,
+            Some(("waypoint", 1e6, 1e6)),
+            true,
+        ));
+        let paths = [L7Path::Direct, L7Path::L4, L7Path::Waypoint, L7Path::Envoy];
+        let s = summarize(&results, &paths);
+        let wp = load_of(&s, L7Path::Waypoint);
+        assert_eq!(wp.runs, 3);
+        assert_eq!(wp.p50_us, Some(310.0));
+        // Same-run differences: 100 us in every run, whatever the shift.
+        assert_eq!(wp.added_p50_over_l4_us, Some(100.0));
+        assert_eq!(wp.added_p99_over_l4_us, Some(200.0));
+        assert_eq!(wp.p50_ratio_to_direct, Some(310.0 / 110.0));
+        assert_eq!(wp.cpu_us_per_request, vec![("waypoint".to_string(), 50.0)]);
+        let direct = load_of(&s, L7Path::Direct);
+        assert_eq!(direct.added_p50_over_l4_us, None);
+        assert_eq!(direct.p50_ratio_to_direct, None);
+
+        let verdict = |name: &str| {
+            s.targets
+                .iter()
+                .find(|t| t.name.starts_with(name))
+                .unwrap_or_else(|| panic!("no target {name}"))
+                .pass
+        };
+        assert_eq!(verdict("http1: waypoint adds"), Some(true));
+        assert_eq!(verdict("http1: waypoint p50"), Some(true));
+        // 500 us against Envoy's 450 us.
+        assert_eq!(verdict("http1: waypoint p99"), Some(false));
+        assert_eq!(verdict("grpc: waypoint CPU"), Some(true));
+        assert_eq!(verdict("waypoint peak RSS below"), Some(true));
+        assert_eq!(verdict("waypoint peak RSS <"), Some(true));
+        let text = render(&s);
+        assert!(text.contains("FAIL  http1: waypoint p99"), "{text}");
+        assert!(text.contains("PASS  http1: waypoint adds"), "{text}");
+
+        // Without Envoy the comparisons are not judged.
+        let s = summarize(&results, &[L7Path::L4, L7Path::Waypoint]);
+        assert!(s.targets.iter().filter(|t| t.pass.is_none()).count() >= 5);
+    }
+
+    fn load_of(s: &Summary, path: L7Path) -> &LoadSummary {
+        s.loads
+            .iter()
+            .find(|l| l.path == path && l.protocol == Protocol::Http1 && l.phase == Phase::Fixed)
+            .unwrap()
+    }
 }
