@@ -71,7 +71,7 @@ impl Faults {
     pub fn fails(&self, index: u64, draw: f64) -> bool {
         match self.plan {
             FailPlan::Never => false,
-            FailPlan::Every(n) => index % n == 0,
+            FailPlan::Every(n) => index.is_multiple_of(n),
             FailPlan::First(n) => index <= n,
             FailPlan::Rate(r) => draw < r,
         }
