@@ -113,6 +113,22 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// A waypoint by name and what happened (a direction or a refusal reason).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WaypointLabels {
+    pub waypoint: String,
+    pub reason: String,
+}
+
+impl WaypointLabels {
+    pub fn new(waypoint: &str, reason: &str) -> Self {
+        WaypointLabels {
+            waypoint: waypoint.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub opened: Family<TrafficLabels, Counter>,
@@ -125,6 +141,14 @@ pub struct Metrics {
     /// Streams refused for their shape (method, authority, unknown target).
     pub malformed_requests: Family<ReasonLabels, Counter>,
     pub sockets_open: Gauge,
+    /// Outbound connections sent to a waypoint (`reason` = "outbound").
+    pub via_waypoint: Family<WaypointLabels, Counter>,
+    /// Outbound connections that failed because their waypoint could not be
+    /// resolved (they are never sent around it).
+    pub waypoint_unreachable: Family<WaypointLabels, Counter>,
+    /// Inbound connections to a waypoint-bound pod refused because they did
+    /// not come from its waypoint.
+    pub waypoint_bypass_refused: Family<WaypointLabels, Counter>,
     /// In-pod mode: pods served, pods whose proxy failed to start, and proxies
     /// started and stopped (Istio's `workload_manager_*`).
     pub pods_active: Gauge,
@@ -179,6 +203,21 @@ impl Metrics {
             "hbone_malformed_requests",
             "HBONE streams refused for a bad method, authority or target",
             m.malformed_requests.clone(),
+        );
+        ambit.register(
+            "waypoint_connections",
+            "Outbound connections sent to a waypoint",
+            m.via_waypoint.clone(),
+        );
+        ambit.register(
+            "waypoint_unreachable",
+            "Outbound connections failed because the destination's waypoint has no usable pod",
+            m.waypoint_unreachable.clone(),
+        );
+        ambit.register(
+            "waypoint_bypass_refused",
+            "Inbound connections to a waypoint-bound pod refused for not coming from its waypoint",
+            m.waypoint_bypass_refused.clone(),
         );
         ambit.register(
             "zds_connected",

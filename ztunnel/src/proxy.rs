@@ -8,6 +8,7 @@ pub mod outbound;
 pub mod plain;
 pub mod plaintext;
 pub mod route;
+pub mod waypoint;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -138,6 +139,8 @@ pub struct Record<'a> {
     src: SocketAddr,
     dst: SocketAddr,
     started: Instant,
+    /// The waypoint this connection goes through, if any.
+    waypoint: Option<String>,
 }
 
 impl<'a> Record<'a> {
@@ -153,7 +156,13 @@ impl<'a> Record<'a> {
             src,
             dst,
             started: Instant::now(),
+            waypoint: None,
         }
+    }
+
+    /// Names the waypoint hop in the access log.
+    pub fn via_waypoint(&mut self, name: &str) {
+        self.waypoint = Some(name.to_string());
     }
 
     /// A connection that never carried data: counted as failed with `flag`, logged with the reason.
@@ -199,6 +208,7 @@ impl<'a> Record<'a> {
             dst.workload = %l.destination_workload,
             dst.namespace = %l.destination_workload_namespace,
             dst.identity = %l.destination_principal,
+            via.waypoint = self.waypoint.as_deref().unwrap_or("-"),
             security = %l.connection_security_policy,
             flags = %l.response_flags,
             bytes_sent = sent,

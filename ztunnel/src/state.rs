@@ -167,6 +167,16 @@ impl State {
         self.by_name.get(&(namespace.to_string(), name.to_string()))
     }
 
+    /// The service `namespace/hostname`.
+    pub fn service(&self, namespace: &str, hostname: &str) -> Option<&Arc<Service>> {
+        self.services.get(&format!("{namespace}/{hostname}"))
+    }
+
+    /// The service by its `namespace/hostname` key (a workload's `services` key).
+    pub fn service_by_key(&self, key: &str) -> Option<&Arc<Service>> {
+        self.services.get(key)
+    }
+
     pub fn service_by_hostname(&self, hostname: &str) -> Option<&Arc<Service>> {
         self.by_hostname.get(hostname)
     }

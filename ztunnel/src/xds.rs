@@ -49,7 +49,7 @@ impl Resources {
                 }
                 Ok(AddressResource::Service(s)) => {
                     self.workloads.remove(&r.name);
-                    self.services.insert(r.name.clone(), s);
+                    self.services.insert(r.name.clone(), *s);
                 }
                 Err(e) => rejected.push(Rejection::new(&r.name, e.to_string())),
             }

@@ -3,6 +3,8 @@
 //! (spec 6.1), the agent hands them over ZDS with their netns descriptors, and
 //! apps in the pods talk through the listeners ztunnel opened inside them.
 
+#[path = "waypoint/standin.rs"]
+mod standin;
 #[path = "inpod/support.rs"]
 mod support;
 
@@ -555,5 +557,78 @@ async fn new_connections_keep_working_while_the_old_ztunnel_hands_over() -> Resu
     }
     new.stop().await?;
     drop((old_conn, new_conn));
+    Ok(())
+}
+
+/// A captured connection from an enrolled pod to a pod bound to a waypoint
+/// leaves the pod's netns over HBONE to the waypoint pod (a stand-in with the
+/// waypoint's certificate, in its own netns), with the pod-IP authority, the
+/// caller in `forwarded` and the caller's identity on the TLS hop.
+#[tokio::test]
+async fn a_pods_connection_to_a_waypoint_bound_pod_goes_to_the_waypoint() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let ca = mesh_core::tls::CertificateAuthority::from_pem(
+        &std::fs::read_to_string(dir.path().join("root.pem"))?,
+        &std::fs::read_to_string(dir.path().join("root.key"))?,
+    )?;
+    // A (enrolled) -- W (the waypoint, never captured); B's address lies beyond W.
+    let (mut a, mut w) = (Pod::new("wpa")?, Pod::new("wpw")?);
+    link(&mut a, &mut w, "10.78.1")?;
+    a.ns.ip(&["route", "add", "10.78.2.0/24", "via", "10.78.1.2"])?;
+    a.enrol(dir.path())?;
+    let waypoint_id = mesh_core::Identity::new("cluster.local", "default", "waypoint")?;
+    let mut waypoint = standin::HboneServer::serve(
+        &ca,
+        &waypoint_id,
+        w.ns.tcp_listener("10.78.1.2:15008".parse()?)?,
+    )
+    .await?;
+    ensure!(waypoint.addr == "10.78.1.2:15008".parse()?);
+    let model = format!(
+        "{}
+- name: waypoint-0
+  namespace: default
+  serviceAccount: waypoint
+  addresses: [10.78.1.2]
+  tunnelProtocol: NONE
+  services: {{default/waypoint.default.svc.cluster.local: [{{servicePort: 15008, targetPort: 15008}}]}}
+- name: b
+  namespace: default
+  serviceAccount: b
+  addresses: [10.78.2.1]
+  waypoint: {{hostname: {{namespace: default, hostname: waypoint.default.svc.cluster.local}}}}
+services:
+- {{name: waypoint, namespace: default, addresses: [10.96.78.1], ports: [{{servicePort: 15008, targetPort: 15008}}]}}",
+        workload_yaml(&a)
+    );
+    let agent = NodeAgent::bind(dir.path().join("zds.sock"))?;
+    let zt = Ztunnel::start(config(dir.path(), &agent.path, &model)?).await?;
+    let conn = agent.accept().await?;
+    conn.snapshot(&[&a]).await?;
+    until_ready(&zt).await?;
+
+    let mut ab = a.connect("10.78.2.1".parse()?).await?;
+    roundtrip(&mut ab, b"to b via the waypoint").await?;
+    let seen = waypoint.next().await?;
+    ensure!(
+        seen.authority == "10.78.2.1:8080".parse()?,
+        "{:?}",
+        seen.authority
+    );
+    let client = ab.local_addr()?;
+    ensure!(
+        seen.forwarded == Some(format!("for=\"{client}\"")),
+        "{:?} (client {client})",
+        seen.forwarded
+    );
+    ensure!(
+        seen.peer_identity.as_ref().map(|i| i.to_string()) == Some(a.identity()),
+        "{:?}",
+        seen.peer_identity
+    );
+    drop(ab);
+    zt.stop().await?;
     Ok(())
 }

@@ -65,6 +65,132 @@ pub struct Locality {
     pub subzone: String,
 }
 
+/// Where a waypoint (or gateway) is (spec 3.4 GatewayAddress): a Service by
+/// hostname, resolved to one of its endpoints, or a fixed address. In YAML
+/// exactly one of `hostname: {namespace, hostname}` or `address: {network,
+/// address}`, plus `hboneMtlsPort` (default 15008).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "GatewayAddressYaml", into = "GatewayAddressYaml")]
+pub struct GatewayAddress {
+    pub destination: GatewayDestination,
+    /// The gateway's HBONE port.
+    pub hbone_mtls_port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatewayDestination {
+    /// The waypoint Service, by namespace and hostname (what istiod sends).
+    Hostname { namespace: String, hostname: String },
+    /// A fixed address; the network is kept for completeness (one network here).
+    Address { network: String, address: IpAddr },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NamespacedHostnameYaml {
+    namespace: String,
+    hostname: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NetworkAddressYaml {
+    #[serde(default)]
+    network: String,
+    address: IpAddr,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GatewayAddressYaml {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hostname: Option<NamespacedHostnameYaml>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    address: Option<NetworkAddressYaml>,
+    #[serde(default = "default_hbone_port")]
+    hbone_mtls_port: u16,
+}
+
+fn default_hbone_port() -> u16 {
+    mesh_core::hbone::PORT
+}
+
+impl TryFrom<GatewayAddressYaml> for GatewayAddress {
+    type Error = String;
+    fn try_from(y: GatewayAddressYaml) -> Result<Self, String> {
+        if y.hbone_mtls_port == 0 {
+            return Err("hboneMtlsPort: port 0".into());
+        }
+        let destination = match (y.hostname, y.address) {
+            (Some(h), None) => {
+                if h.namespace.is_empty() || h.hostname.is_empty() {
+                    return Err("hostname: namespace and hostname must both be set".into());
+                }
+                GatewayDestination::Hostname {
+                    namespace: h.namespace,
+                    hostname: h.hostname,
+                }
+            }
+            (None, Some(a)) => GatewayDestination::Address {
+                network: a.network,
+                address: a.address,
+            },
+            _ => return Err("a waypoint sets exactly one of hostname and address".into()),
+        };
+        Ok(GatewayAddress {
+            destination,
+            hbone_mtls_port: y.hbone_mtls_port,
+        })
+    }
+}
+
+impl From<GatewayAddress> for GatewayAddressYaml {
+    fn from(g: GatewayAddress) -> Self {
+        let (hostname, address) = match g.destination {
+            GatewayDestination::Hostname {
+                namespace,
+                hostname,
+            } => (
+                Some(NamespacedHostnameYaml {
+                    namespace,
+                    hostname,
+                }),
+                None,
+            ),
+            GatewayDestination::Address { network, address } => {
+                (None, Some(NetworkAddressYaml { network, address }))
+            }
+        };
+        GatewayAddressYaml {
+            hostname,
+            address,
+            hbone_mtls_port: g.hbone_mtls_port,
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.destination {
+            GatewayDestination::Hostname {
+                namespace,
+                hostname,
+            } => {
+                // `<name>.<ns>.svc...` shows as `<ns>/<name>`, the Gateway's key.
+                let name = hostname.split('.').next().unwrap_or(hostname);
+                write!(f, "{namespace}/{name}")
+            }
+            GatewayDestination::Address { address, .. } => {
+                write!(
+                    f,
+                    "{}",
+                    std::net::SocketAddr::new(*address, self.hbone_mtls_port)
+                )
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Workload {
@@ -107,6 +233,10 @@ pub struct Workload {
     pub capacity: Option<u32>,
     #[serde(default)]
     pub locality: Locality,
+    /// Traffic addressed to this workload's IP goes via this waypoint, and
+    /// this workload accepts HBONE only from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<GatewayAddress>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +272,10 @@ pub struct Service {
     pub subject_alt_names: Vec<mesh_core::Identity>,
     #[serde(default)]
     pub load_balancing: LoadBalancing,
+    /// Traffic to this service goes via this waypoint, and its endpoints
+    /// accept HBONE only from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<GatewayAddress>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -215,5 +215,6 @@ fn announced_workload(ctx: &PodContext, uid: &str, info: &WorkloadInfo) -> Workl
         labels: Default::default(),
         capacity: None,
         locality: Default::default(),
+        waypoint: None,
     }
 }

@@ -8,10 +8,11 @@ use mesh_core::drain::DrainWatcher;
 use mesh_core::hbone::{self, Handler, HboneError, InboundRequest, Peer};
 
 use super::route::ILLEGAL_PORTS;
+use super::waypoint::{self, Admission};
 use super::{Proxy, Record};
 use crate::authz::{self, Connection};
 use crate::capture;
-use crate::metrics::{Endpoints, Metrics, Reporter, TrafficLabels};
+use crate::metrics::{Endpoints, Metrics, Reporter, TrafficLabels, WaypointLabels};
 
 #[derive(Debug)]
 pub struct Inbound {
@@ -48,7 +49,7 @@ impl Handler for Inbound {
             .and_then(|v| v.to_str().ok())
             .and_then(hbone::headers::forwarded_host)
             .and_then(|h| state.service_by_hostname(h).cloned());
-        let record = Record::new(&proxy.metrics, "inbound", peer.addr, target);
+        let mut record = Record::new(&proxy.metrics, "inbound", peer.addr, target);
         let labels = TrafficLabels::new(
             Reporter::destination,
             &Endpoints {
@@ -59,6 +60,29 @@ impl Handler for Inbound {
                 mtls: true,
             },
         );
+        // Before authorization: a pod behind a waypoint takes traffic only
+        // from it, or its L7 policy could be skipped by dialling the pod.
+        let admission = waypoint::admit(&state, &local, peer.identity.as_ref());
+        match &admission {
+            Admission::Refused {
+                waypoints,
+                cause,
+                reason,
+            } => {
+                drop(state);
+                proxy
+                    .metrics
+                    .waypoint_bypass_refused
+                    .get_or_create(&WaypointLabels::new(waypoints, cause.label()))
+                    .inc();
+                tracing::info!(peer = %peer.addr, %target, waypoint = %waypoints, %reason, "refused a connection that bypasses the destination's waypoint");
+                record.via_waypoint(waypoints);
+                record.failed(labels, "DENY", reason);
+                return req.refuse(StatusCode::UNAUTHORIZED);
+            }
+            Admission::FromWaypoint { waypoint } => record.via_waypoint(waypoint),
+            Admission::Unbound => {}
+        }
         let decision = authz::decide(
             &state,
             &local,

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use super::route::{self, Plan};
 use super::{Proxy, Record};
 use crate::capture;
-use crate::metrics::{Endpoints, Reporter, TrafficLabels};
+use crate::metrics::{Endpoints, Reporter, TrafficLabels, WaypointLabels};
 use crate::state::WorkloadEntry;
 
 pub async fn handle(
@@ -36,10 +36,19 @@ pub async fn handle(
     let state = proxy.state.load();
     let planned = route::plan(&state, &source, dst, &mut rand::rng());
     drop(state);
-    let record = Record::new(&proxy.metrics, "outbound", peer, dst);
+    let mut record = Record::new(&proxy.metrics, "outbound", peer, dst);
     let plan = match planned {
         Ok(p) => p,
         Err(error) => {
+            if let route::RouteError::Waypoint(e) = &error {
+                // Never around the waypoint: the connection fails and says why.
+                record.via_waypoint(e.waypoint());
+                proxy
+                    .metrics
+                    .waypoint_unreachable
+                    .get_or_create(&WaypointLabels::new(e.waypoint(), e.reason()))
+                    .inc();
+            }
             let labels = TrafficLabels::new(
                 Reporter::source,
                 &Endpoints {
@@ -58,20 +67,42 @@ pub async fn handle(
         &Endpoints {
             source: Some(&source),
             source_principal: Some(source.identity.to_string()),
-            destination: plan.destination().map(|d| d.as_ref()),
+            destination: match &plan {
+                // The peer whose identity is checked is the waypoint pod.
+                Plan::Waypoint { hop, .. } => hop.workload.as_deref(),
+                _ => plan.destination().map(|d| d.as_ref()),
+            },
             service: plan.service().map(|s| s.as_ref()),
-            mtls: matches!(plan, Plan::Hbone { .. }),
+            mtls: matches!(plan, Plan::Hbone { .. } | Plan::Waypoint { .. }),
         },
     );
+    if let Some(name) = plan.waypoint() {
+        record.via_waypoint(name);
+        proxy
+            .metrics
+            .via_waypoint
+            .get_or_create(&WaypointLabels::new(name, "outbound"))
+            .inc();
+    }
     record.opened(&labels);
-    let (sent, received, outcome, labels) = match plan {
+    let hbone = match plan {
         Plan::Hbone {
-            peer: hbone_peer,
+            peer,
             authority,
             expected,
             service,
             ..
-        } => {
+        } => Ok((peer, authority, expected, service)),
+        Plan::Waypoint {
+            hop,
+            authority,
+            service,
+            ..
+        } => Ok((hop.peer, authority, hop.expected, service)),
+        Plan::Direct { target, .. } | Plan::Passthrough { target, .. } => Err(target),
+    };
+    let (sent, received, outcome, labels) = match hbone {
+        Ok((hbone_peer, authority, expected, service)) => {
             let key = PoolKey::new(source.identity.clone(), expected, hbone_peer, None);
             let req = ConnectRequest {
                 authority,
@@ -98,7 +129,7 @@ pub async fn handle(
                 }
             }
         }
-        Plan::Direct { target, .. } | Plan::Passthrough { target, .. } => {
+        Err(target) => {
             match proxy
                 .sockets
                 .connect(target, None, proxy.connect_timeout)

@@ -10,10 +10,11 @@ use mesh_core::hbone::copy::reset_tcp;
 use tokio::net::TcpStream;
 
 use super::route::ILLEGAL_PORTS;
+use super::waypoint::{self, Admission};
 use super::{Proxy, Record};
 use crate::authz::{self, Connection};
 use crate::capture;
-use crate::metrics::{Endpoints, Reporter, TrafficLabels};
+use crate::metrics::{Endpoints, Reporter, TrafficLabels, WaypointLabels};
 
 pub async fn handle(
     proxy: Arc<Proxy>,
@@ -36,7 +37,7 @@ pub async fn handle(
         reset_tcp(&downstream);
         return;
     };
-    let record = Record::new(&proxy.metrics, "inbound-plaintext", peer, target);
+    let mut record = Record::new(&proxy.metrics, "inbound-plaintext", peer, target);
     let state = proxy.state.load();
     let source = state.workload_by_ip(peer.ip()).cloned();
     let labels = TrafficLabels::new(
@@ -47,6 +48,25 @@ pub async fn handle(
             ..Default::default()
         },
     );
+    // Plaintext has no identity, so it never comes from a waypoint.
+    if let Admission::Refused {
+        waypoints,
+        cause,
+        reason,
+    } = &waypoint::admit(&state, &local, None)
+    {
+        drop(state);
+        proxy
+            .metrics
+            .waypoint_bypass_refused
+            .get_or_create(&WaypointLabels::new(waypoints, cause.label()))
+            .inc();
+        tracing::info!(%peer, %target, waypoint = %waypoints, %reason, "refused a plaintext connection that bypasses the destination's waypoint");
+        record.via_waypoint(waypoints);
+        record.failed(labels, "DENY", reason);
+        reset_tcp(&downstream);
+        return;
+    }
     let decision = if ILLEGAL_PORTS.contains(&target.port()) {
         None
     } else {

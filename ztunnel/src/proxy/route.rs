@@ -1,13 +1,14 @@
 //! Where an outbound connection goes (spec 2.6): a pure plan from the state,
 //! the source workload and the original destination.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use mesh_core::Identity;
 use rand::Rng;
 
-use crate::config::{HealthStatus, LoadBalancingMode, Service, TunnelProtocol};
+use super::waypoint::{self, Hop, WaypointError};
+use crate::config::{GatewayAddress, HealthStatus, LoadBalancingMode, Service, TunnelProtocol};
 use crate::state::{State, WorkloadEntry};
 
 /// Ports that belong to ztunnel itself; a connection to one is a loop.
@@ -29,6 +30,15 @@ pub enum Plan {
         destination: Arc<WorkloadEntry>,
         service: Option<Arc<Service>>,
     },
+    /// HBONE to the destination's waypoint (spec 2.6 steps 3 and 7), CONNECT
+    /// `authority` = the original destination.
+    Waypoint {
+        hop: Hop,
+        authority: SocketAddr,
+        /// The workload addressed by IP (workload waypoints).
+        destination: Option<Arc<WorkloadEntry>>,
+        service: Option<Arc<Service>>,
+    },
     /// Plain TCP to a destination outside the mesh (or a PASSTHROUGH service).
     Passthrough {
         target: SocketAddr,
@@ -40,13 +50,22 @@ impl Plan {
     pub fn destination(&self) -> Option<&Arc<WorkloadEntry>> {
         match self {
             Plan::Hbone { destination, .. } | Plan::Direct { destination, .. } => Some(destination),
+            Plan::Waypoint { destination, .. } => destination.as_ref(),
             Plan::Passthrough { .. } => None,
+        }
+    }
+    /// The waypoint this plan goes through, by name.
+    pub fn waypoint(&self) -> Option<&str> {
+        match self {
+            Plan::Waypoint { hop, .. } => Some(&hop.name),
+            _ => None,
         }
     }
     pub fn service(&self) -> Option<&Arc<Service>> {
         match self {
             Plan::Hbone { service, .. }
             | Plan::Direct { service, .. }
+            | Plan::Waypoint { service, .. }
             | Plan::Passthrough { service, .. } => service.as_ref(),
         }
     }
@@ -62,6 +81,8 @@ pub enum RouteError {
     NoServicePort { service: String, port: u16 },
     #[error("workload {uid} has no {family} address")]
     NoAddress { uid: String, family: &'static str },
+    #[error(transparent)]
+    Waypoint(#[from] WaypointError),
 }
 
 pub fn plan(
@@ -74,6 +95,12 @@ pub fn plan(
         return Err(RouteError::Loop(dst));
     }
     if let Some(w) = state.workload_by_ip(dst.ip()) {
+        if let Some(gw) = &w.spec.waypoint
+            && !waypoint::is_waypoint_pod(state, gw, source)
+        {
+            // Spec 2.6 step 7: the waypoint gets the original podIP:port.
+            return via_waypoint(state, gw, dst, Some(w.clone()), None, rng);
+        }
         return Ok(to_workload(w.clone(), dst, None));
     }
     let Some(svc) = state.service_by_vip(dst.ip(), &source.spec.namespace) else {
@@ -82,22 +109,63 @@ pub fn plan(
             service: None,
         });
     };
+    if let Some(gw) = &svc.waypoint
+        && !waypoint::is_waypoint_pod(state, gw, source)
+    {
+        // Spec 2.6 step 3: the waypoint gets the original VIP:port.
+        return via_waypoint(state, gw, dst, None, Some(svc.clone()), rng);
+    }
     if svc.load_balancing.mode == LoadBalancingMode::Passthrough {
         return Ok(Plan::Passthrough {
             target: dst,
             service: Some(svc.clone()),
         });
     }
-    let port = svc
-        .ports
-        .iter()
-        .find(|p| p.service_port == dst.port())
-        .ok_or_else(|| RouteError::NoServicePort {
+    if !svc.ports.iter().any(|p| p.service_port == dst.port()) {
+        return Err(RouteError::NoServicePort {
             service: svc.hostname.clone(),
             port: dst.port(),
+        });
+    }
+    let (w, target_port, ip) =
+        pick_endpoint(state, svc, dst.port(), dst.ip(), rng).ok_or_else(|| {
+            RouteError::NoEndpoint {
+                service: svc.hostname.clone(),
+                port: dst.port(),
+            }
         })?;
-    // Candidates: healthy endpoints exposing the port, with an address of the right family.
-    let candidates: Vec<(Arc<WorkloadEntry>, u16, std::net::IpAddr)> = state
+    if let Some(gw) = &w.spec.waypoint
+        && !waypoint::is_waypoint_pod(state, gw, source)
+    {
+        // The chosen pod takes traffic only from its workload waypoint (see
+        // `waypoint::admit`), so service traffic to it goes there too, as
+        // workload-addressed traffic: authority = podIP:targetPort.
+        let target = SocketAddr::new(ip, target_port);
+        return via_waypoint(state, gw, target, Some(w.clone()), Some(svc.clone()), rng);
+    }
+    let mut plan = to_workload(w, SocketAddr::new(ip, target_port), Some(svc.clone()));
+    if let Plan::Hbone { expected, .. } = &mut plan {
+        expected.extend(svc.subject_alt_names.iter().cloned());
+    }
+    Ok(plan)
+}
+
+/// A healthy endpoint of `svc` exposing `port` (its own mapping, else the
+/// service's target port) with an address of `like`'s family, weighted random
+/// by capacity: the workload, target port and address.
+pub(super) fn pick_endpoint(
+    state: &State,
+    svc: &Service,
+    port: u16,
+    like: IpAddr,
+    rng: &mut impl Rng,
+) -> Option<(Arc<WorkloadEntry>, u16, IpAddr)> {
+    let service_target = svc
+        .ports
+        .iter()
+        .find(|p| p.service_port == port)?
+        .target_port;
+    let candidates: Vec<(Arc<WorkloadEntry>, u16, IpAddr)> = state
         .endpoints(svc)
         .iter()
         .filter(|e| e.workload.spec.status == HealthStatus::Healthy)
@@ -105,38 +173,45 @@ pub fn plan(
             let target = e
                 .ports
                 .iter()
-                .find(|p| p.service_port == dst.port() && p.target_port != 0)
+                .find(|p| p.service_port == port && p.target_port != 0)
                 .map(|p| p.target_port)
-                .or((port.target_port != 0).then_some(port.target_port))?;
-            let ip = e.workload.address_like(dst.ip())?;
+                .or((service_target != 0).then_some(service_target))?;
+            let ip = e.workload.address_like(like)?;
             Some((e.workload.clone(), target, ip))
         })
         .collect();
     let total: u64 = candidates.iter().map(|(w, ..)| weight(w)).sum();
     if total == 0 {
-        return Err(RouteError::NoEndpoint {
-            service: svc.hostname.clone(),
-            port: dst.port(),
-        });
+        return None;
     }
     let mut pick = rng.random_range(0..total);
-    let (w, target_port, ip) = candidates
-        .into_iter()
-        .find(|(w, ..)| {
-            let wt = weight(w);
-            if pick < wt {
-                true
-            } else {
-                pick -= wt;
-                false
-            }
-        })
-        .expect("pick is below the total weight");
-    let mut plan = to_workload(w, SocketAddr::new(ip, target_port), Some(svc.clone()));
-    if let Plan::Hbone { expected, .. } = &mut plan {
-        expected.extend(svc.subject_alt_names.iter().cloned());
-    }
-    Ok(plan)
+    candidates.into_iter().find(|(w, ..)| {
+        let wt = weight(w);
+        if pick < wt {
+            true
+        } else {
+            pick -= wt;
+            false
+        }
+    })
+}
+
+/// HBONE to `gw` with the original destination as the authority.
+fn via_waypoint(
+    state: &State,
+    gw: &GatewayAddress,
+    dst: SocketAddr,
+    destination: Option<Arc<WorkloadEntry>>,
+    service: Option<Arc<Service>>,
+    rng: &mut impl Rng,
+) -> Result<Plan, RouteError> {
+    let hop = waypoint::resolve(state, gw, dst.ip(), rng)?;
+    Ok(Plan::Waypoint {
+        hop,
+        authority: dst,
+        destination,
+        service,
+    })
 }
 
 fn weight(w: &WorkloadEntry) -> u64 {

@@ -16,9 +16,9 @@ use prost::Message;
 use prost_types::Any;
 
 use crate::config::{
-    Action, Authorization, Cidr, Clause, HealthStatus, LoadBalancing, LoadBalancingMode, Locality,
-    Match, PortMapping, Rule, Scope, Service, ServiceAccountMatch, StringMatch, TunnelProtocol,
-    Workload, WorkloadType,
+    Action, Authorization, Cidr, Clause, GatewayAddress, GatewayDestination, HealthStatus,
+    LoadBalancing, LoadBalancingMode, Locality, Match, PortMapping, Rule, Scope, Service,
+    ServiceAccountMatch, StringMatch, TunnelProtocol, Workload, WorkloadType,
 };
 
 /// Why a resource was refused: the field (proto names, with indices) and what
@@ -41,7 +41,7 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> ConvertError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AddressResource {
     Workload(Box<Workload>),
-    Service(Service),
+    Service(Box<Service>),
 }
 
 /// Decodes and converts an `Address` resource body.
@@ -53,7 +53,9 @@ pub fn address_from_any(body: &Any) -> Result<AddressResource, ConvertError> {
         Some(xw::address::Type::Workload(w)) => {
             workload(&w).map(|w| AddressResource::Workload(Box::new(w)))
         }
-        Some(xw::address::Type::Service(s)) => service(&s).map(AddressResource::Service),
+        Some(xw::address::Type::Service(s)) => {
+            service(&s).map(|s| AddressResource::Service(Box::new(s)))
+        }
         None => Err(err("type", "an Address must hold a workload or a service")),
     }
 }
@@ -201,6 +203,11 @@ pub fn workload(w: &xw::Workload) -> Result<Workload, ConvertError> {
         labels: BTreeMap::new(),
         capacity: w.capacity,
         locality: locality.unwrap_or_default(),
+        waypoint: w
+            .waypoint
+            .as_ref()
+            .map(|g| gateway_address("waypoint", g))
+            .transpose()?,
     })
 }
 
@@ -271,6 +278,36 @@ pub fn service(s: &xw::Service) -> Result<Service, ConvertError> {
         ports: ports("ports", &s.ports)?,
         subject_alt_names,
         load_balancing,
+        waypoint: s
+            .waypoint
+            .as_ref()
+            .map(|g| gateway_address("waypoint", g))
+            .transpose()?,
+    })
+}
+
+/// A waypoint's address. An unresolvable one is refused rather than
+/// dropped: dropping it would send the traffic around its L7 policy.
+fn gateway_address(field: &str, g: &xw::GatewayAddress) -> Result<GatewayAddress, ConvertError> {
+    use xw::gateway_address::Destination;
+    let destination = match &g.destination {
+        Some(Destination::Hostname(h)) => GatewayDestination::Hostname {
+            namespace: required(&format!("{field}.hostname.namespace"), &h.namespace)?,
+            hostname: required(&format!("{field}.hostname.hostname"), &h.hostname)?,
+        },
+        Some(Destination::Address(a)) => GatewayDestination::Address {
+            network: a.network.clone(),
+            address: ip(&format!("{field}.address.address"), &a.address)?,
+        },
+        None => return Err(err(field, "sets neither hostname nor address")),
+    };
+    Ok(GatewayAddress {
+        destination,
+        hbone_mtls_port: port(
+            &format!("{field}.hbone_mtls_port"),
+            g.hbone_mtls_port,
+            false,
+        )?,
     })
 }
 

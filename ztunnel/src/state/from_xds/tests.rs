@@ -460,3 +460,118 @@ fn any_bodies_are_checked_for_type_and_shape() {
         .unwrap();
     assert_eq!(p.name, "allow-echo");
 }
+
+fn hostname_waypoint(port: u32) -> xw::GatewayAddress {
+    xw::GatewayAddress {
+        destination: Some(xw::gateway_address::Destination::Hostname(
+            xw::NamespacedHostname {
+                namespace: "default".into(),
+                hostname: "waypoint.default.svc.cluster.local".into(),
+            },
+        )),
+        hbone_mtls_port: port,
+    }
+}
+
+#[test]
+fn waypoints_of_services_and_workloads_are_kept_in_both_forms() {
+    let s = service(&xw::Service {
+        waypoint: Some(hostname_waypoint(15008)),
+        ..full_service()
+    })
+    .unwrap();
+    assert_eq!(
+        s.waypoint,
+        Some(GatewayAddress {
+            destination: GatewayDestination::Hostname {
+                namespace: "default".into(),
+                hostname: "waypoint.default.svc.cluster.local".into(),
+            },
+            hbone_mtls_port: 15008,
+        })
+    );
+    assert_eq!(s.waypoint.unwrap().to_string(), "default/waypoint");
+    let w = workload(&xw::Workload {
+        waypoint: Some(xw::GatewayAddress {
+            destination: Some(xw::gateway_address::Destination::Address(
+                xw::NetworkAddress {
+                    network: "net-a".into(),
+                    address: vec![10, 0, 0, 9],
+                    length: None,
+                },
+            )),
+            hbone_mtls_port: 15009,
+        }),
+        ..full_workload()
+    })
+    .unwrap();
+    assert_eq!(
+        w.waypoint,
+        Some(GatewayAddress {
+            destination: GatewayDestination::Address {
+                network: "net-a".into(),
+                address: "10.0.0.9".parse().unwrap(),
+            },
+            hbone_mtls_port: 15009,
+        })
+    );
+    // Without the field nothing changes.
+    assert_eq!(workload(&full_workload()).unwrap().waypoint, None);
+    assert_eq!(service(&full_service()).unwrap().waypoint, None);
+}
+
+#[test]
+fn unusable_waypoints_are_refused_rather_than_bypassed() {
+    let cases = [
+        (
+            xw::GatewayAddress {
+                destination: None,
+                hbone_mtls_port: 15008,
+            },
+            "waypoint: sets neither hostname nor address",
+        ),
+        (hostname_waypoint(0), "waypoint.hbone_mtls_port: port 0"),
+        (hostname_waypoint(70000), "waypoint.hbone_mtls_port: 70000"),
+        (
+            xw::GatewayAddress {
+                destination: Some(xw::gateway_address::Destination::Hostname(
+                    xw::NamespacedHostname {
+                        namespace: "default".into(),
+                        hostname: String::new(),
+                    },
+                )),
+                hbone_mtls_port: 15008,
+            },
+            "waypoint.hostname.hostname: must not be empty",
+        ),
+        (
+            xw::GatewayAddress {
+                destination: Some(xw::gateway_address::Destination::Address(
+                    xw::NetworkAddress {
+                        network: String::new(),
+                        address: vec![1, 2],
+                        length: None,
+                    },
+                )),
+                hbone_mtls_port: 15008,
+            },
+            "waypoint.address.address: 2 bytes",
+        ),
+    ];
+    for (g, expected) in cases {
+        let e = service(&xw::Service {
+            waypoint: Some(g.clone()),
+            ..full_service()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with(expected), "{e:?} vs {expected:?}");
+        let e = workload(&xw::Workload {
+            waypoint: Some(g),
+            ..full_workload()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with(expected), "{e:?} vs {expected:?}");
+    }
+}
