@@ -148,7 +148,7 @@ impl Waypoints {
             conditions.insert(condition(
                 source.kind,
                 source.key,
-                "WaypointBound",
+                crate::provision::status::WAYPOINT_BOUND,
                 false,
                 "WaypointNotFound",
                 format!(
@@ -168,7 +168,7 @@ impl Waypoints {
             conditions.insert(condition(
                 source.kind,
                 source.key,
-                "WaypointBound",
+                crate::provision::status::WAYPOINT_BOUND,
                 false,
                 "WaypointNotForThisKind",
                 format!(
