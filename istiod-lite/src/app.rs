@@ -398,11 +398,15 @@ pub fn snapshot_of(translation: &translate::Translation) -> Snapshot {
     let mut snapshot = Snapshot::default();
     snapshot.declare(mesh_api::ADDRESS_TYPE_URL);
     snapshot.declare(mesh_api::AUTHORIZATION_TYPE_URL);
+    snapshot.declare(mesh_api::WAYPOINT_TYPE_URL);
     for (name, address) in &translation.addresses {
         snapshot.insert(mesh_api::ADDRESS_TYPE_URL, name.clone(), address);
     }
     for (name, policy) in &translation.authorizations {
         snapshot.insert(mesh_api::AUTHORIZATION_TYPE_URL, name.clone(), policy);
+    }
+    for (name, waypoint) in &translation.waypoints {
+        snapshot.insert(mesh_api::WAYPOINT_TYPE_URL, name.clone(), waypoint);
     }
     snapshot
 }

@@ -1,7 +1,8 @@
 //! Translation: a pure function from the registry's `Store` to the workload xDS
 //! resources ztunnel consumes (`Address` = Workload or Service, `Authorization`),
-//! plus the status conditions that explain where the output differs from what
-//! the user wrote.
+//! the L7 configuration waypoints consume (`ambit.waypoint.v1.Waypoint`, see
+//! `l7`), plus the status conditions that explain where the output differs
+//! from what the user wrote.
 //!
 //! The output is deterministic: every map is a `BTreeMap`, every list built here
 //! is sorted, and nothing depends on time or iteration counters, so resource
@@ -25,6 +26,7 @@
 
 mod authorization;
 mod incremental;
+mod l7;
 pub(crate) mod labels;
 mod peer_authentication;
 mod service;
@@ -38,6 +40,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use mesh_api::ambit::waypoint::v1::Waypoint;
 use mesh_api::istio::security::Authorization;
 use mesh_api::istio::workload::{Address, Workload, address};
 
@@ -79,12 +82,34 @@ pub struct Translation {
     pub addresses: BTreeMap<String, Address>,
     /// Key = `ns/name`.
     pub authorizations: BTreeMap<String, Authorization>,
+    /// L7 configuration per waypoint; key = the Gateway's `ns/name`.
+    pub waypoints: BTreeMap<String, Waypoint>,
     /// Sorted and free of duplicates.
     pub conditions: Vec<ObjectCondition>,
 }
 
 /// Translates the whole store.
 pub fn translate(store: &Store, mesh: &MeshConfig) -> Translation {
+    let mut out = translate_workloads(store, mesh);
+    let l7 = l7::translate_waypoints(store, mesh);
+    out.waypoints = l7.waypoints;
+    out.conditions = merge_conditions(&out.conditions, &l7.conditions);
+    out
+}
+
+/// Sorted and free of duplicates: a condition both parts report once.
+pub(crate) fn merge_conditions(
+    workloads: &[ObjectCondition],
+    l7: &BTreeSet<ObjectCondition>,
+) -> Vec<ObjectCondition> {
+    let mut all: BTreeSet<ObjectCondition> = workloads.iter().cloned().collect();
+    all.extend(l7.iter().cloned());
+    all.into_iter().collect()
+}
+
+/// Workload discovery and L4 policy: everything but the waypoints' L7
+/// resources (`waypoints` is empty, `conditions` are this part's).
+pub(crate) fn translate_workloads(store: &Store, mesh: &MeshConfig) -> Translation {
     let mut conditions = BTreeSet::new();
     let waypoints = waypoint::Waypoints::build(store, mesh, &mut conditions);
 
@@ -155,6 +180,7 @@ pub fn translate(store: &Store, mesh: &MeshConfig) -> Translation {
     Translation {
         addresses,
         authorizations,
+        waypoints: BTreeMap::new(),
         conditions: conditions.into_iter().collect(),
     }
 }

@@ -22,6 +22,7 @@ use crate::xds::{Resource, Resources, Snapshot};
 pub struct SnapshotBuilder {
     addresses: Arc<Resources>,
     authorizations: Arc<Resources>,
+    waypoints: Arc<Resources>,
 }
 
 impl SnapshotBuilder {
@@ -49,10 +50,16 @@ impl SnapshotBuilder {
                     mesh_api::AUTHORIZATION_TYPE_URL,
                     &translation.authorizations,
                 );
+                rebuild(
+                    &mut self.waypoints,
+                    mesh_api::WAYPOINT_TYPE_URL,
+                    &translation.waypoints,
+                );
             }
             Touched::Keys {
                 addresses,
                 authorizations,
+                waypoints,
             } => {
                 patch(
                     &mut self.addresses,
@@ -66,6 +73,12 @@ impl SnapshotBuilder {
                     &translation.authorizations,
                     authorizations,
                 );
+                patch(
+                    &mut self.waypoints,
+                    mesh_api::WAYPOINT_TYPE_URL,
+                    &translation.waypoints,
+                    waypoints,
+                );
             }
         }
         let mut snapshot = Snapshot::default();
@@ -76,6 +89,10 @@ impl SnapshotBuilder {
         snapshot.types.insert(
             mesh_api::AUTHORIZATION_TYPE_URL.to_string(),
             self.authorizations.clone(),
+        );
+        snapshot.types.insert(
+            mesh_api::WAYPOINT_TYPE_URL.to_string(),
+            self.waypoints.clone(),
         );
         snapshot
     }

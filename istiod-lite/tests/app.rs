@@ -122,3 +122,159 @@ async fn serves_xds_from_a_directory_and_shuts_down_within_its_deadline() {
     assert!(!matches!(ended, Some(Ok(_))), "{ended:?}");
     drop(tx);
 }
+
+const WAYPOINT_CLUSTER: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-v2, namespace: shop}
+spec: {clusterIP: 10.96.0.11, ports: [{name: http, port: 80}]}
+";
+
+const WAYPOINT_GATEWAY: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+";
+
+fn web_route(weight: u32) -> String {
+    format!(
+        "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: shop}}
+spec:
+  parentRefs: [{{kind: Service, name: web}}]
+  rules: [{{backendRefs: [{{name: web, port: 80, weight: {weight}}}, {{name: web-v2, port: 80, weight: 1}}]}}]
+"
+    )
+}
+
+/// Writes a file of the watched directory in one step (a rename), so the
+/// watcher never reads it half-written.
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let staging = path.with_extension("tmp");
+    std::fs::write(&staging, text).unwrap();
+    std::fs::rename(&staging, path).unwrap();
+}
+
+/// A waypoint's view of the ADS stream: it subscribes to its own Waypoint
+/// by name, receives it, receives it again when its route changes, and
+/// receives its removal when the Gateway is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_a_waypoint_its_l7_config_and_follows_changes() {
+    use mesh_api::ambit::waypoint::v1::Waypoint;
+    use prost::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let resources = dir.path().join("resources");
+    std::fs::create_dir_all(&resources).unwrap();
+    std::fs::write(resources.join("cluster.yaml"), WAYPOINT_CLUSTER).unwrap();
+    std::fs::write(resources.join("gateway.yaml"), WAYPOINT_GATEWAY).unwrap();
+    std::fs::write(resources.join("route.yaml"), web_route(9)).unwrap();
+    let state = dir.path().join("state");
+    let config = Config::try_parse_from([
+        "istiod-lite",
+        "--dir",
+        resources.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--drain-deadline",
+        "2s",
+    ])
+    .unwrap();
+    let app = App::start(config, LogControl::detached()).await.unwrap();
+
+    let tokens: BTreeMap<String, String> =
+        serde_yaml::from_slice(&std::fs::read(state.join("node-tokens.yaml")).unwrap()).unwrap();
+    let root = std::fs::read(state.join("root-cert.pem")).unwrap();
+    let control = ControlPlane {
+        address: format!("https://localhost:{}", app.grpc.port()),
+        server_name: None,
+        roots: mesh_core::tls::parse_certs(&root, "root").unwrap(),
+        token: Some(TokenSource::Literal(tokens["node-a"].clone())),
+        cluster_id: "Kubernetes".into(),
+        headers: vec![],
+        mark: None,
+    };
+    let mut ads = AggregatedDiscoveryServiceClient::new(control.channel().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: mesh_api::WAYPOINT_TYPE_URL.into(),
+        resource_names_subscribe: vec!["shop/waypoint".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+    control.authorize(&mut request).unwrap();
+    let mut responses = ads
+        .delta_aggregated_resources(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        let response = tokio::time::timeout(Duration::from_secs(10), responses.next())
+            .await
+            .expect("a response within 10s")
+            .expect("the stream stays open")
+            .expect("not an error");
+        assert_eq!(response.type_url, mesh_api::WAYPOINT_TYPE_URL);
+        tx.send(DeltaDiscoveryRequest {
+            type_url: mesh_api::WAYPOINT_TYPE_URL.into(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        response
+    };
+    let weights = |response: &mesh_api::envoy::service::discovery::v3::DeltaDiscoveryResponse| {
+        assert_eq!(response.resources.len(), 1, "{response:?}");
+        assert_eq!(response.resources[0].name, "shop/waypoint");
+        let any = response.resources[0].resource.as_ref().unwrap();
+        assert_eq!(any.type_url, mesh_api::WAYPOINT_TYPE_URL);
+        let waypoint = Waypoint::decode(any.value.as_slice()).unwrap();
+        let web = waypoint
+            .services
+            .iter()
+            .find(|s| s.name == "web")
+            .expect("web is bound");
+        web.routes[0].rules[0]
+            .backends
+            .iter()
+            .map(|b| b.weight)
+            .collect::<Vec<_>>()
+    };
+
+    let first = next().await;
+    assert_eq!(weights(&first), [9, 1]);
+
+    write_atomically(&resources.join("route.yaml"), &web_route(3));
+    let changed = next().await;
+    assert_eq!(weights(&changed), [3, 1]);
+
+    std::fs::remove_file(resources.join("gateway.yaml")).unwrap();
+    let removed = next().await;
+    assert!(removed.resources.is_empty(), "{removed:?}");
+    assert_eq!(removed.removed_resources, ["shop/waypoint"]);
+
+    app.shutdown().await;
+}

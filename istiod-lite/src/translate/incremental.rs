@@ -27,7 +27,9 @@ use std::sync::Arc;
 
 use mesh_api::istio::workload::{Address, address};
 
-use super::{MeshConfig, Translation, authorization, in_namespace, translate};
+use super::{
+    MeshConfig, Translation, authorization, in_namespace, l7, merge_conditions, translate_workloads,
+};
 use crate::model::{Kind, NamespacedName, ObjectCondition, Store};
 
 /// Which resources of the translation may differ from the previous one.
@@ -39,6 +41,7 @@ pub enum Touched {
     Keys {
         addresses: BTreeSet<String>,
         authorizations: BTreeSet<String>,
+        waypoints: BTreeSet<String>,
     },
 }
 
@@ -49,6 +52,10 @@ pub struct Translator {
     mesh: MeshConfig,
     last: Option<Arc<Store>>,
     translation: Translation,
+    /// The conditions of the workload part and of the L7 part, kept apart
+    /// because each is brought up to date on its own.
+    workload_conditions: Vec<ObjectCondition>,
+    l7_conditions: BTreeSet<ObjectCondition>,
 }
 
 impl Translator {
@@ -57,6 +64,8 @@ impl Translator {
             mesh,
             last: None,
             translation: Translation::default(),
+            workload_conditions: Vec::new(),
+            l7_conditions: BTreeSet::new(),
         }
     }
 
@@ -72,22 +81,76 @@ impl Translator {
             .last
             .as_deref()
             .and_then(|last| changed_namespaces(last, store, &self.mesh));
+        let l7_changed = self
+            .last
+            .as_deref()
+            .is_none_or(|last| l7_inputs_changed(last, store));
         self.last = Some(store.clone());
-        match scope {
+        self.translation.conditions = std::mem::take(&mut self.workload_conditions);
+        let mut touched = match scope {
             None => {
-                self.translation = translate(store, &self.mesh);
+                let waypoints = std::mem::take(&mut self.translation.waypoints);
+                self.translation = translate_workloads(store, &self.mesh);
+                self.translation.waypoints = waypoints;
                 Touched::All
             }
             Some(namespaces) if namespaces.is_empty() => Touched::Keys {
                 addresses: BTreeSet::new(),
                 authorizations: BTreeSet::new(),
+                waypoints: BTreeSet::new(),
             },
             Some(namespaces) => {
-                let part = translate(&scoped_store(store, &namespaces, &self.mesh), &self.mesh);
+                let part =
+                    translate_workloads(&scoped_store(store, &namespaces, &self.mesh), &self.mesh);
                 merge(&mut self.translation, part, &namespaces)
             }
+        };
+        self.workload_conditions = std::mem::take(&mut self.translation.conditions);
+        if l7_changed {
+            // The L7 part is small: translated in full whenever its inputs
+            // change, rather than tracked by namespace.
+            let l7 = l7::translate_waypoints(store, &self.mesh);
+            if let Touched::Keys { waypoints, .. } = &mut touched {
+                *waypoints = changed_keys(&self.translation.waypoints, &l7.waypoints);
+            }
+            self.translation.waypoints = l7.waypoints;
+            self.l7_conditions = l7.conditions;
+        }
+        self.translation.conditions =
+            merge_conditions(&self.workload_conditions, &self.l7_conditions);
+        touched
+    }
+}
+
+/// Whether a change reaches the waypoints' L7 resources: they read
+/// Gateways, Services, Namespaces (bindings), routes and policies only.
+fn l7_inputs_changed(old: &Store, new: &Store) -> bool {
+    changed(&old.gateways, &new.gateways).next().is_some()
+        || changed(&old.http_routes, &new.http_routes).next().is_some()
+        || changed(&old.grpc_routes, &new.grpc_routes).next().is_some()
+        || changed(&old.authorization_policies, &new.authorization_policies)
+            .next()
+            .is_some()
+        || changed(&old.services, &new.services).next().is_some()
+        || changed(&old.namespaces, &new.namespaces).next().is_some()
+}
+
+/// Keys added, removed or changed between two maps.
+fn changed_keys<T: PartialEq>(
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+) -> BTreeSet<String> {
+    let mut keys: BTreeSet<String> = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
+    for (key, value) in new {
+        if old.get(key) != Some(value) {
+            keys.insert(key.clone());
         }
     }
+    keys
 }
 
 /// The namespaces with a changed object, when translating only them (with
@@ -383,6 +446,7 @@ fn merge(into: &mut Translation, part: Translation, namespaces: &BTreeSet<String
     Touched::Keys {
         addresses,
         authorizations,
+        waypoints: BTreeSet::new(),
     }
 }
 

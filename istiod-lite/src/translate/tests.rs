@@ -155,6 +155,11 @@ fn authorization_l7_in_l4() {
 }
 
 #[test]
+fn waypoint_l7_conditions() {
+    check_fixture("waypoint_l7");
+}
+
+#[test]
 fn peer_authentication_modes() {
     check_fixture("peer_authentication");
 }
@@ -194,6 +199,7 @@ pub(super) const FIXTURES: &[&str] = &[
     "authorization_l7",
     "peer_authentication",
     "service_entry",
+    "waypoint_l7",
 ];
 
 #[test]

@@ -117,9 +117,12 @@ impl Waypoints {
         self.by_name.contains_key(key)
     }
 
-    /// The waypoint for an object's traffic: its own label wins over its
-    /// namespace's. A binding that cannot be honoured yields no waypoint and a
-    /// condition on the object carrying the label.
+    /// Every waypoint's namespace/name.
+    pub fn names(&self) -> impl Iterator<Item = &NamespacedName> {
+        self.by_name.keys()
+    }
+
+    /// The waypoint for an object's traffic, as `resolve` decides it.
     pub fn resolve(
         &self,
         kind: TrafficKind,
@@ -127,6 +130,20 @@ impl Waypoints {
         namespace: BindingSource<'_>,
         conditions: &mut BTreeSet<ObjectCondition>,
     ) -> Option<GatewayAddress> {
+        self.binding(kind, object, namespace, conditions)
+            .map(|(_, waypoint)| waypoint.address.clone())
+    }
+
+    /// The waypoint (name and settings) for an object's traffic: its own
+    /// label wins over its namespace's. A binding that cannot be honoured
+    /// yields no waypoint and a condition on the object carrying the label.
+    pub fn binding(
+        &self,
+        kind: TrafficKind,
+        object: BindingSource<'_>,
+        namespace: BindingSource<'_>,
+        conditions: &mut BTreeSet<ObjectCondition>,
+    ) -> Option<(&NamespacedName, &Waypoint)> {
         let own_ns = &object.key.namespace;
         let (label, source, from_namespace) = match labels::waypoint_label(object.labels, own_ns) {
             WaypointLabel::Absent => (
@@ -144,7 +161,7 @@ impl Waypoints {
             return None;
         };
         let wp_key = NamespacedName::new(wp_ns, name);
-        let Some(waypoint) = self.by_name.get(&wp_key) else {
+        let Some((wp_key, waypoint)) = self.by_name.get_key_value(&wp_key) else {
             conditions.insert(condition(
                 source.kind,
                 source.key,
@@ -159,7 +176,7 @@ impl Waypoints {
             return None;
         };
         if waypoint.serves(kind) {
-            return Some(waypoint.address.clone());
+            return Some((wp_key, waypoint));
         }
         // A namespace binding to a service-only waypoint is the normal case for
         // the namespace's pods (and the reverse for its Services); it is a

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use mesh_api::istio::security::Authorization;
@@ -49,6 +49,7 @@ fn translation(pods: &BTreeMap<u32, u32>, policies: &BTreeMap<u32, u32>) -> Tran
                 )
             })
             .collect(),
+        waypoints: BTreeMap::new(),
         conditions: Vec::new(),
     }
 }
@@ -100,6 +101,7 @@ fn random_edits_build_the_same_snapshot_as_from_scratch() {
         let touched = Touched::Keys {
             addresses: touched_pods,
             authorizations: touched_policies,
+            waypoints: BTreeSet::new(),
         };
         assert_eq!(
             patched.update(&current, &touched),

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::model::{Object, ObjectKey};
 use crate::translate::tests::{FIXTURES, all_fixtures, fixture_store};
+use crate::translate::translate;
 
 fn to_value(object: &Object) -> Value {
     let value = match object {
@@ -86,6 +87,10 @@ fn edits(store: &Store, key: &ObjectKey) -> Vec<(String, Store)> {
     let mut with = |what: &str, edit: &dyn Fn(&mut Value)| {
         let mut v = value.clone();
         edit(&mut v);
+        // An edit that does not apply to this object is no edit.
+        if v == value {
+            return;
+        }
         let edited = Object::from_value(key.kind, v).expect("edited object reads back");
         let mut after = store.clone();
         after.remove(key);
@@ -126,6 +131,37 @@ fn edits(store: &Store, key: &ObjectKey) -> Vec<(String, Store)> {
             v["status"]["phase"] = json!("Succeeded");
         });
     }
+    if matches!(key.kind, Kind::HTTPRoute | Kind::GRPCRoute) {
+        with("first backend reweighted", &|v| {
+            if let Some(backend) = v.pointer_mut("/spec/rules/0/backendRefs/0") {
+                backend["weight"] = json!(7);
+            }
+        });
+        with("parents removed", &|v| {
+            v["spec"]["parentRefs"] = json!([]);
+        });
+        with("annotation added", &|v| {
+            v["metadata"]["annotations"]["waypoint.ambit.dev/retry-attempts"] = json!("4");
+        });
+    }
+    if key.kind == Kind::AuthorizationPolicy {
+        with("action changed", &|v| {
+            let deny = v["spec"]["action"] == json!("DENY");
+            v["spec"]["action"] = json!(if deny { "ALLOW" } else { "DENY" });
+        });
+        with("targetRefs removed", &|v| {
+            let spec = v["spec"].as_object_mut().expect("has a spec");
+            spec.remove("targetRef");
+            spec.remove("targetRefs");
+        });
+    }
+    if key.kind == Kind::Service {
+        with("port renamed", &|v| {
+            if let Some(port) = v.pointer_mut("/spec/ports/0") {
+                port["name"] = json!("grpc-renamed");
+            }
+        });
+    }
     // The copy edit's store still holds the original; this one does not.
     let mut deleted = store.clone();
     deleted.remove(key);
@@ -146,7 +182,18 @@ fn check_step(translator: &mut Translator, after: Store, what: &str) -> bool {
         Touched::Keys {
             addresses,
             authorizations,
+            waypoints,
         } => {
+            for (key, waypoint) in &full.waypoints {
+                if previous.waypoints.get(key) != Some(waypoint) {
+                    assert!(waypoints.contains(key), "{what}: waypoint {key} changed");
+                }
+            }
+            for key in previous.waypoints.keys() {
+                if !full.waypoints.contains_key(key) {
+                    assert!(waypoints.contains(key), "{what}: waypoint {key} removed");
+                }
+            }
             for (key, address) in &full.addresses {
                 if previous.addresses.get(key) != Some(address) {
                     assert!(addresses.contains(key), "{what}: {key} changed");
@@ -268,8 +315,40 @@ fn an_unchanged_store_touches_nothing() {
         Touched::Keys {
             addresses: BTreeSet::new(),
             authorizations: BTreeSet::new(),
+            waypoints: BTreeSet::new(),
         }
     );
+}
+
+#[test]
+fn a_route_change_touches_only_its_waypoint_and_a_pod_change_none() {
+    let store = fixture_store("waypoint_l7");
+    let mut translator = Translator::new(MeshConfig::default());
+    translator.update(&Arc::new(store.clone()));
+    let route = ObjectKey {
+        kind: Kind::HTTPRoute,
+        name: NamespacedName::new("bookinfo", "reviews"),
+    };
+    let (_, after) = edits(&store, &route)
+        .into_iter()
+        .find(|(what, _)| what.ends_with("first backend reweighted"))
+        .expect("the edit exists");
+    let Touched::Keys { waypoints, .. } = translator.update(&Arc::new(after.clone())) else {
+        panic!("a route change is translated incrementally")
+    };
+    assert_eq!(waypoints, BTreeSet::from(["bookinfo/waypoint".to_string()]));
+
+    let mut with_pod = after;
+    let pod = Object::from_value(
+        Kind::Pod,
+        json!({"metadata": {"name": "p", "namespace": "bookinfo"}, "spec": {"containers": [{"name": "c"}]}}),
+    )
+    .expect("a pod");
+    with_pod.upsert(pod);
+    let Touched::Keys { waypoints, .. } = translator.update(&Arc::new(with_pod)) else {
+        panic!("a pod change is translated incrementally")
+    };
+    assert!(waypoints.is_empty(), "{waypoints:?}");
 }
 
 #[test]
