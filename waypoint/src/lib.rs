@@ -7,4 +7,25 @@
 //!
 //! Decisions (route matching and precedence, L7 authorization, retries,
 //! budgets, endpoint choice) are plain functions over plain data; the I/O
-//! lives at the edges.
+//! lives at the edges: [`listener`] (HBONE in), [`pipeline`] (per request),
+//! [`upstream`] (HBONE out), [`tcp`] (opaque streams).
+
+pub mod access_log;
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod discovery;
+pub mod errors;
+pub mod headers;
+pub mod listener;
+pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
+pub mod settings;
+pub mod stream_io;
+pub mod tcp;
+pub mod upstream;
+pub mod xds;
+
+pub use app::{Addresses, App, AppError, Overrides, Shutdown};
+pub use settings::Settings;
