@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::cni::{self, Call};
 use super::journal::{Journal, Record, Role};
+use super::mesh;
 use super::network::{self, NetworkError, netns_path};
 use super::plan::{self, Plan, PlanOptions, PodPlan};
 use super::pod_status::{self, Phase, PodState};
@@ -308,6 +309,12 @@ fn start_pod(
         .next()
         .ok_or_else(|| format!("the CNI result has no IPv4 address: {result}"))?;
     let mut env = pod.env.clone();
+    if !env.iter().any(|(k, _)| k == "INSTANCE_IP") {
+        env.push(("INSTANCE_IP".into(), ip.to_string()));
+    }
+    if pod.labels.contains_key(mesh::WAYPOINT_POD_LABEL) {
+        env.extend(mesh::waypoint_env(plan, node));
+    }
     env.push((
         "PATH".into(),
         format!(

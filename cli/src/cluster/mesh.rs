@@ -127,11 +127,45 @@ fn write_token(plan: &Plan, node: &NodePlan) -> Result<PathBuf, UpError> {
         path: tokens_path.clone(),
         reason: format!("no token for node {}", node.name),
     })?;
-    let path = node.dir.join("token");
+    let path = token_path(node);
     fs::write(&path, token).map_err(|e| UpError::file(&path, e))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
         .map_err(|e| UpError::file(&path, e))?;
     Ok(path)
+}
+
+/// Where the node's istiod-lite token is kept (root only).
+pub fn token_path(node: &NodePlan) -> PathBuf {
+    node.dir.join("token")
+}
+
+/// The label istiod-lite puts on the waypoint pods it provisions.
+pub const WAYPOINT_POD_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// What a waypoint pod on `node` is given to reach istiod-lite for xDS and
+/// its certificate: the node's token stands in for a projected service
+/// account token (istiod-lite's CA issues a node's caller the identities of
+/// pods on that node).
+pub fn waypoint_env(plan: &Plan, node: &NodePlan) -> Vec<(String, String)> {
+    [
+        (
+            "ISTIOD_ADDRESS",
+            format!("https://{}:{ISTIOD_GRPC_PORT}", plan.fabric_ip()),
+        ),
+        ("ISTIOD_SERVER_NAME", ISTIOD_SERVER_NAME.to_string()),
+        (
+            "ISTIOD_ROOT_CERT",
+            istiod_state_dir(plan)
+                .join("root-cert.pem")
+                .display()
+                .to_string(),
+        ),
+        ("ISTIOD_TOKEN_FILE", token_path(node).display().to_string()),
+        ("TRUST_DOMAIN", "cluster.local".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// The ztunnel's config for `node` (docs/ztunnel-config.md).
