@@ -110,6 +110,9 @@ enum AppCommand {
         /// Stop after this many attempts [default: never].
         #[arg(long)]
         count: Option<u64>,
+        /// Longest wait for the connection and for the reply.
+        #[arg(long, default_value = "5s", value_parser = mesh_core::duration::parse)]
+        timeout: Duration,
         #[arg(long)]
         name: Option<String>,
     },
@@ -283,9 +286,15 @@ fn run(cli: Cli) -> Result<()> {
                 target,
                 every,
                 count,
+                timeout,
                 name,
             } => {
-                app::run_client(&target, every, count, &app::app_name(name));
+                let options = app::ClientOptions {
+                    every,
+                    count,
+                    timeout,
+                };
+                app::run_client(&target, options, &app::app_name(name));
                 Ok(())
             }
             l7 => run_l7_app(l7),

@@ -19,6 +19,8 @@
 //!   `WaypointNotFound`, `WaypointNotForThisKind`.
 //! - PeerAuthentication `PortLevelMtlsIgnored`; ServiceEntry parts not covered;
 //!   invalid cluster or pod IPs; Gateway `InvalidWaypointFor`.
+//! - HTTPRoute / GRPCRoute `Accepted`, `ResolvedRefs`, `PartiallyInvalid`;
+//!   targetRef AuthorizationPolicy `Accepted`, `PartiallyEnforced` (see `l7`).
 //!
 //! Not covered: ServiceEntry DNS resolution and hostname endpoints, wildcard
 //! ServiceEntry hosts, `waypoint-for` on a GatewayClass, load balancing settings,

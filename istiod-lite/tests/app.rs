@@ -267,6 +267,31 @@ async fn serves_a_waypoint_its_l7_config_and_follows_changes() {
     let first = next().await;
     assert_eq!(weights(&first), [9, 1]);
 
+    // A wildcard subscriber gets every waypoint's resource.
+    let (wildcard_tx, wildcard_rx) = tokio::sync::mpsc::unbounded_channel();
+    wildcard_tx
+        .send(DeltaDiscoveryRequest {
+            type_url: mesh_api::WAYPOINT_TYPE_URL.into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(
+        wildcard_rx,
+    ));
+    control.authorize(&mut request).unwrap();
+    let mut wildcard = ads
+        .delta_aggregated_resources(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let all = tokio::time::timeout(Duration::from_secs(10), wildcard.next())
+        .await
+        .expect("a response within 10s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(weights(&all), [9, 1]);
+    drop(wildcard);
+
     write_atomically(&resources.join("route.yaml"), &web_route(3));
     let changed = next().await;
     assert_eq!(weights(&changed), [3, 1]);

@@ -530,3 +530,61 @@ async fn dropping_the_source_stops_its_watchers() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// The kinds a waypoint's L7 configuration comes from: HTTPRoute and
+/// GRPCRoute (gateway.networking.k8s.io/v1) with Service parents, and
+/// AuthorizationPolicy with targetRefs, read as written.
+#[tokio::test]
+async fn routes_and_target_ref_policies_are_read() -> Result<()> {
+    let server = server_with(Kind::ALL).await;
+    server.apply(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "web", "namespace": "shop",
+                     "annotations": {"waypoint.ambit.dev/retry-attempts": "2"}},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                 "rules": [{"backendRefs": [{"name": "web-v2", "port": 80, "weight": 10}],
+                            "timeouts": {"request": "2s"}}]}}),
+    );
+    server.apply(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": "api", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api"}],
+                 "rules": [{"matches": [{"method": {"service": "pkg.Svc", "method": "Get"}}]}]}}),
+    );
+    server.apply(json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "l7", "namespace": "shop"},
+        "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}],
+                 "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}}));
+    let (registry, source) = watch(&server);
+    synced(&source).await;
+    let store = registry.snapshot();
+    let route = &store.http_routes[&NamespacedName::new("shop", "web")];
+    let parent = &route.spec.parent_refs.as_ref().unwrap()[0];
+    assert_eq!(
+        (parent.kind.as_deref(), parent.port),
+        (Some("Service"), Some(80))
+    );
+    let rule = &route.spec.rules.as_ref().unwrap()[0];
+    assert_eq!(rule.backend_refs.as_ref().unwrap()[0].weight, Some(10));
+    assert_eq!(
+        rule.timeouts.as_ref().unwrap().request.as_deref(),
+        Some("2s")
+    );
+    assert_eq!(
+        route.metadata.annotations.as_ref().unwrap()["waypoint.ambit.dev/retry-attempts"],
+        "2"
+    );
+    let grpc = &store.grpc_routes[&NamespacedName::new("shop", "api")];
+    let method = grpc.spec.rules.as_ref().unwrap()[0]
+        .matches
+        .as_ref()
+        .unwrap()[0]
+        .method
+        .as_ref()
+        .unwrap();
+    assert_eq!(method.service.as_deref(), Some("pkg.Svc"));
+    let policy = &store.authorization_policies[&NamespacedName::new("shop", "l7")];
+    assert_eq!(policy.spec.target_refs[0].kind, "Gateway");
+    assert_eq!(policy.spec.target_refs[0].name, "waypoint");
+    Ok(())
+}

@@ -55,11 +55,12 @@ fn translation(pods: &BTreeMap<u32, u32>, policies: &BTreeMap<u32, u32>) -> Tran
 }
 
 #[test]
-fn empty_translation_declares_both_types() {
+fn empty_translation_declares_every_type() {
     let built = SnapshotBuilder::new().build(&Translation::default());
     assert_eq!(built, snapshot_of(&Translation::default()));
     assert!(built.resources(mesh_api::ADDRESS_TYPE_URL).is_some());
     assert!(built.resources(mesh_api::AUTHORIZATION_TYPE_URL).is_some());
+    assert!(built.resources(mesh_api::WAYPOINT_TYPE_URL).is_some());
 }
 
 #[test]
@@ -153,4 +154,41 @@ fn a_removed_then_restored_resource_is_encoded_again() {
     );
     let restored = builder.build(&translation(&all, &policies));
     assert_eq!(restored, snapshot_of(&translation(&all, &policies)));
+}
+
+#[test]
+fn waypoints_are_patched_by_name_like_the_other_types() {
+    use mesh_api::ambit::waypoint::v1::{Policy, Waypoint};
+    let waypoint = |name: &str, generation: u32| Waypoint {
+        namespace: "ns".into(),
+        name: name.into(),
+        policies: vec![Policy {
+            name: format!("p-{generation}"),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut current = Translation::default();
+    current.waypoints.insert("ns/a".into(), waypoint("a", 0));
+    current.waypoints.insert("ns/b".into(), waypoint("b", 0));
+    let mut builder = SnapshotBuilder::new();
+    assert_eq!(builder.build(&current), snapshot_of(&current));
+
+    current.waypoints.insert("ns/a".into(), waypoint("a", 1));
+    current.waypoints.remove("ns/b");
+    current.waypoints.insert("ns/c".into(), waypoint("c", 0));
+    let touched = Touched::Keys {
+        addresses: BTreeSet::new(),
+        authorizations: BTreeSet::new(),
+        waypoints: ["ns/a", "ns/b", "ns/c"].map(String::from).into(),
+    };
+    let patched = builder.update(&current, &touched);
+    assert_eq!(patched, snapshot_of(&current));
+    let names: Vec<&str> = patched
+        .resources(mesh_api::WAYPOINT_TYPE_URL)
+        .unwrap()
+        .keys()
+        .map(|k| &**k)
+        .collect();
+    assert_eq!(names, ["ns/a", "ns/c"]);
 }

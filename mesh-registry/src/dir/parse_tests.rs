@@ -225,3 +225,35 @@ fn lines_stay_inside_the_text_whatever_its_line_breaks() {
         }
     }
 }
+
+#[test]
+fn routes_and_target_ref_policies_are_read() {
+    let parsed = parse(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: shop}\n\
+         spec:\n  parentRefs: [{group: \"\", kind: Service, name: web, port: 80}]\n  \
+         rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}, fraction: {numerator: 1, denominator: 10}}}]}]\n\
+         ---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: api, namespace: shop}\n\
+         spec: {parentRefs: [{kind: Service, name: api}], rules: [{matches: [{method: {type: RegularExpression, method: \"Get.*\"}}]}]}\n\
+         ---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: l7, namespace: shop}\n\
+         spec: {targetRef: {kind: Service, group: \"\", name: web}, action: CUSTOM, provider: {name: ext}}\n",
+    );
+    assert!(parsed.errors.is_empty(), "{:?}", messages(&parsed));
+    assert_eq!(
+        keys(&parsed),
+        [
+            "HTTPRoute shop/web",
+            "GRPCRoute shop/api",
+            "AuthorizationPolicy shop/l7"
+        ]
+    );
+    let crate::model::Object::AuthorizationPolicy(policy) = &parsed.objects[2].object else {
+        panic!("not a policy")
+    };
+    let target = policy.spec.target_ref.as_ref().unwrap();
+    assert_eq!(
+        (target.kind.as_str(), target.name.as_str()),
+        ("Service", "web")
+    );
+}
