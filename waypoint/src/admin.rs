@@ -58,12 +58,12 @@ fn config_dump(s: &AdminState) -> serde_json::Value {
         "services": d.service_count(),
         "workloads": d.workload_count(),
         "config": config.as_ref().map(|w| json!({
-            "services": w.services.iter().map(|svc| json!({
+            "services": w.services().iter().map(|svc| json!({
                 "hostname": svc.hostname,
                 "routes": svc.routes.len(),
                 "policies": svc.policies.len(),
             })).collect::<Vec<_>>(),
-            "policies": w.policies.len(),
+            "gatewayPolicies": w.gateway_policies().len(),
         })),
     })
 }

@@ -173,6 +173,8 @@ impl App {
         let proxy = Arc::new(Proxy {
             discovery: ArcSwap::from_pointee(Discovery::default()),
             config: ArcSwapOption::empty(),
+            balancer: crate::balance::Balancer::default(),
+            budget: crate::retry::Budget::default(),
             upstream: Upstream::new(pool.clone(), identity.clone(), settings.upstream_hbone_port),
             metrics: metrics.clone(),
             identity_uri: identity.to_string(),

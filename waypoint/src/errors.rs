@@ -15,7 +15,8 @@ pub enum LocalReply {
     NoHealthyUpstream,
     UpstreamFailed,
     Timeout,
-    Fault(u16),
+    /// Fault injection: the HTTP status and the gRPC status for gRPC callers.
+    Fault(u16, u16),
 }
 
 impl LocalReply {
@@ -28,7 +29,7 @@ impl LocalReply {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             LocalReply::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            LocalReply::Fault(code) => {
+            LocalReply::Fault(code, _) => {
                 StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
         }
@@ -45,7 +46,7 @@ impl LocalReply {
                 "upstream connect error or disconnect/reset before headers"
             }
             LocalReply::Timeout => "upstream request timeout",
-            LocalReply::Fault(_) => "fault filter abort",
+            LocalReply::Fault(..) => "fault filter abort",
         }
     }
 
@@ -57,7 +58,7 @@ impl LocalReply {
             LocalReply::NoRoute => 12,
             LocalReply::NoHealthyUpstream | LocalReply::UpstreamFailed => 14,
             LocalReply::Timeout => 4,
-            LocalReply::Fault(code) => http_to_grpc(code),
+            LocalReply::Fault(_, grpc) => grpc,
         }
     }
 
@@ -70,7 +71,7 @@ impl LocalReply {
             LocalReply::NoHealthyUpstream => "UH",
             LocalReply::UpstreamFailed => "UF",
             LocalReply::Timeout => "UT",
-            LocalReply::Fault(_) => "FI",
+            LocalReply::Fault(..) => "FI",
         }
     }
 

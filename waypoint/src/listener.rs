@@ -55,6 +55,29 @@ pub enum Destination {
     Workload(Arc<Workload>, SocketAddr),
 }
 
+impl Destination {
+    /// The CONNECT authority: the address and port the caller dialled.
+    pub fn addr(&self) -> (IpAddr, u16) {
+        match self {
+            Destination::Service(s, port) => (
+                s.vips
+                    .first()
+                    .copied()
+                    .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                *port,
+            ),
+            Destination::Workload(_, addr) => (addr.ip(), addr.port()),
+        }
+    }
+}
+
+impl StreamContext {
+    /// The original client's IP: `forwarded: for=`, else the HBONE peer.
+    pub fn client_ip(&self) -> IpAddr {
+        self.client.map(|c| c.ip()).unwrap_or(self.caller.peer.ip())
+    }
+}
+
 /// The protocol a stream carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -256,6 +279,14 @@ impl Handler for ConnectionHandler {
         let source = discovery.workload_at(source_ip).cloned();
         drop(discovery);
         let declared = declared_protocol(&proxy, &destination);
+        if declared == Some(Protocol::Tcp) {
+            let client_ip = forwarded.for_ip.unwrap_or(self.caller.peer.ip());
+            if tcp::authorize(&proxy, &self.caller, &destination, client_ip).is_err() {
+                // A declared TCP port is decided before the tunnel opens.
+                request.refuse(StatusCode::FORBIDDEN);
+                return;
+            }
+        }
         let tunnel = match request.accept(HeaderMap::new()) {
             Ok(t) => t,
             Err(error) => {

@@ -9,8 +9,11 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use mesh_core::Identity;
 use mesh_core::tls::CertStore;
 
+use crate::balance::Balancer;
+use crate::config::Snapshot;
 use crate::discovery::Discovery;
 use crate::metrics::Metrics;
+use crate::retry::Budget;
 use crate::upstream::Upstream;
 
 /// Limits against bad or slow input.
@@ -44,8 +47,12 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct Proxy {
     pub discovery: ArcSwap<Discovery>,
-    /// The L7 config; `None` until the first `Waypoint` arrives.
-    pub config: ArcSwapOption<mesh_api::ambit::waypoint::v1::Waypoint>,
+    /// The compiled L7 config; `None` until the first `Waypoint` arrives.
+    pub config: ArcSwapOption<Snapshot>,
+    /// Endpoint choice and outlier ejection, shared by every request.
+    pub balancer: Balancer,
+    /// The waypoint-wide retry budget.
+    pub budget: Budget,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     /// The waypoint's own identity (presented upstream, `By=` in XFCC).

@@ -12,6 +12,7 @@ use mesh_api::{ADDRESS_TYPE_URL, WAYPOINT_TYPE_URL};
 use mesh_core::xds::{Handler, Rejection, Update};
 use prost::Message;
 
+use crate::config::Snapshot;
 use crate::discovery::{self, Address, Discovery};
 use crate::metrics::ConfigErrorLabels;
 use crate::proxy::Proxy;
@@ -126,11 +127,25 @@ impl Handler for WaypointHandler {
                     .map_err(|e| format!("not a valid Waypoint message: {e}"))
             };
             match decoded {
-                Ok(w) => self.proxy.config.store(Some(Arc::new(w))),
-                Err(reason) => rejected.push(Rejection::new(&r.name, reason)),
+                Ok(w) => {
+                    // Invalid parts are dropped and NACKed with the reasons;
+                    // the rest applies (a bad route must not take down the
+                    // others).
+                    let (snapshot, errors) = Snapshot::compile(&w);
+                    if !errors.is_empty() {
+                        let reasons: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                        tracing::warn!(waypoint = %self.name, errors = %reasons.join("; "), "parts of the waypoint config were refused");
+                        count(&self.proxy, "waypoint_config", errors.len());
+                        rejected.push(Rejection::new(&r.name, reasons.join("; ")));
+                    }
+                    self.proxy.config.store(Some(Arc::new(snapshot)));
+                }
+                Err(reason) => {
+                    count(&self.proxy, "waypoint", 1);
+                    rejected.push(Rejection::new(&r.name, reason));
+                }
             }
         }
-        count(&self.proxy, "waypoint", rejected.len());
         rejected
     }
 }

@@ -510,8 +510,9 @@ async fn serve_destination(
 
 /// A local HTTP backend (HTTP/1.1 or HTTP/2). It answers every request with
 /// `name` in `x-backend` and the request headers echoed as `echo-<name>`;
-/// `/status/<n>` answers n, `/delay/<ms>` waits first, `/flaky/<n>` fails
-/// with 503 on its first n requests.
+/// `/status/<n>` answers n, `/delay/<ms>` waits first, `/slow503/<ms>`
+/// waits then answers 503, `/flaky/<n>` fails with 503 on its first n
+/// requests.
 pub struct Backend {
     pub port: u16,
     pub requests: Arc<AtomicU64>,
@@ -562,6 +563,11 @@ async fn answer(name: &str, req: Request<Incoming>, counter: &AtomicU64) -> Resp
     if let Some(ms) = path.strip_prefix("/delay/") {
         let ms: u64 = ms.parse().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(ms) = path.strip_prefix("/slow503/") {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        status = StatusCode::SERVICE_UNAVAILABLE;
     }
     if let Some(k) = path.strip_prefix("/flaky/")
         && n < k.parse().unwrap_or(0)
@@ -614,4 +620,54 @@ pub fn get(path: &str) -> Request<Full<Bytes>> {
 
 pub async fn body_text(resp: Response<Incoming>) -> Result<String> {
     Ok(String::from_utf8_lossy(&resp.into_body().collect().await?.to_bytes()).into_owned())
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame.
+pub fn h2_preface() -> Vec<u8> {
+    let mut v = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    v.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    v
+}
+
+/// Reads raw HTTP/2 frames until one of `frame_type` arrives (its payload),
+/// or the stream ends (`None`).
+pub async fn read_until_frame<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    frame_type: u8,
+) -> Result<Option<Vec<u8>>> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut head = [0u8; 9];
+        if r.read_exact(&mut head).await.is_err() {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        r.read_exact(&mut payload).await?;
+        if head[3] == frame_type {
+            return Ok(Some(payload));
+        }
+    }
+}
+
+/// Reads what the peer sends until it closes (or `patience` passes).
+pub async fn read_to_close<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    patience: Duration,
+) -> Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(patience, read)
+        .await
+        .map_err(|_| anyhow!("the peer did not close within {patience:?}"))?;
+    Ok(out)
 }
