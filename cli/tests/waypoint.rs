@@ -189,6 +189,21 @@ fn has_client_principal(echo: &Echo) -> bool {
         .is_some_and(|x| x.contains(&format!("URI={CLIENT_PRINCIPAL}")))
 }
 
+/// The last lines of the waypoint's and istiod-lite's logs, for a failure.
+fn log_tails(state_dir: &Path) -> String {
+    let mut text = String::new();
+    for file in ["pods/server.waypoint.log", "istiod-lite.log"] {
+        let log = std::fs::read_to_string(state_dir.join(file)).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        text.push_str(&format!("--- {file} (last 40 lines)\n"));
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
+}
+
 /// Waits until the waypoint is ready and serves `web` with the caller's
 /// identity in `x-forwarded-client-cert`.
 async fn wait_for_waypoint(state_dir: &Path) -> Result<()> {
@@ -434,7 +449,11 @@ async fn a_namespace_behind_a_waypoint_gets_l7_routing_policy_and_telemetry() ->
     let state_dir = setup.options.state_dir();
     let state = state_dir.as_path();
     let start = Instant::now();
-    wait_for_waypoint(state).await?;
+    if let Err(e) = wait_for_waypoint(state).await {
+        eprintln!("{}", log_tails(state));
+        down_and_check(&setup)?;
+        return Err(e);
+    }
     eprintln!("waypoint serving after {:?}", start.elapsed());
 
     type Case<'a> = (&'a str, Box<dyn Fn() -> Result<()> + 'a>);
@@ -496,6 +515,9 @@ async fn a_namespace_behind_a_waypoint_gets_l7_routing_policy_and_telemetry() ->
         failed.push(name);
     }
 
+    if !failed.is_empty() {
+        eprintln!("{}", log_tails(state));
+    }
     down_and_check(&setup)?;
     ensure!(failed.is_empty(), "failed: {failed:#?}");
     Ok(())
