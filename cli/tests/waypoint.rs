@@ -312,6 +312,16 @@ fn grpc_unary_and_streaming(state_dir: &Path) -> Result<()> {
 fn retries(state_dir: &Path) -> Result<()> {
     let summary = http(state_dir, &format!("{FLAKY}/"), 20, &[])?;
     ensure!(summary.status("200") == 20, "{summary:?}");
+    // The app failed every second request it saw, so it saw about twice as
+    // many as the client sent: the waypoint retried them.
+    match http_once(state_dir, &format!("{FLAKY}/"), &[])? {
+        (200, Some(echo)) => ensure!(
+            echo.request > 40,
+            "the app saw only {} requests for 21 calls",
+            echo.request
+        ),
+        other => bail!("{other:?}"),
+    }
     Ok(())
 }
 
