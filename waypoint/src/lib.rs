@@ -8,3 +8,14 @@
 //! Decisions (route matching and precedence, L7 authorization, retries,
 //! budgets, endpoint choice) are plain functions over plain data; the I/O
 //! lives at the edges.
+
+pub mod authz;
+pub mod balance;
+pub mod config;
+pub mod fault;
+pub mod filters;
+mod outcome;
+pub mod retry;
+pub mod route;
+
+pub use outcome::Outcome;
