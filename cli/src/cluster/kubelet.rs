@@ -16,6 +16,7 @@ use super::cni::{self, Call};
 use super::journal::{Journal, Record, Role};
 use super::network::{self, NetworkError, netns_path};
 use super::plan::{self, Plan, PlanOptions, PodPlan};
+
 use super::pod_status::{self, Phase, PodState};
 use super::process::{self, Launch};
 use super::services;
@@ -307,7 +308,7 @@ fn start_pod(
         .into_iter()
         .next()
         .ok_or_else(|| format!("the CNI result has no IPv4 address: {result}"))?;
-    let mut env = pod.env.clone();
+    let mut env = super::pod_env::runtime_env(plan, pod, ip);
     env.push((
         "PATH".into(),
         format!(

@@ -134,6 +134,25 @@ fn kubernetes_objects_are_owned_by_the_gateway_and_hardened() {
 }
 
 #[test]
+fn the_root_certificate_config_map_comes_first_when_the_root_is_known() {
+    let store = store_of(&[gateway("shop", "waypoint", 15008, "HBONE", json!({}))]);
+    let settings = Settings {
+        root_cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+        ..Settings::default()
+    };
+    let desired = kube::desired(&store, &settings);
+    let documents = &desired[&NamespacedName::new("shop", "waypoint")];
+    assert_eq!(documents[0]["kind"], "ConfigMap");
+    assert_eq!(documents[0]["metadata"]["name"], "istio-ca-root-cert");
+    assert_eq!(
+        documents[0]["data"]["root-cert.pem"],
+        "-----BEGIN CERTIFICATE-----"
+    );
+    let volumes = &documents[3]["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(volumes[1]["configMap"]["name"], "istio-ca-root-cert");
+}
+
+#[test]
 fn invalid_gateways_and_other_classes_are_not_provisioned() {
     let mut other = gateway("shop", "ingress", 80, "HTTP", json!({}));
     other["spec"]["gatewayClassName"] = json!("istio");
