@@ -227,7 +227,8 @@ fn run(cli: Cli) -> Result<()> {
             let target = match kind.as_str() {
                 "ns" | "namespace" | "namespaces" => Target::Namespace(object),
                 "pod" | "pods" => Target::pod(&object)?,
-                other => anyhow::bail!("cannot label {other:?}: use `ns` or `pod`"),
+                "svc" | "service" | "services" => Target::service(&object)?,
+                other => anyhow::bail!("cannot label {other:?}: use `ns`, `pod` or `svc`"),
             };
             let changes = label::parse_changes(&changes)?;
             let file = label::label(&dir, &target, &changes)?;
