@@ -231,7 +231,9 @@ pub fn render(report: &StatusReport) -> String {
             .waypoints
             .iter()
             .map(|w| {
-                let mut bound: Vec<String> = w.services.clone();
+                let mut bound: Vec<String> =
+                    w.namespaces.iter().map(|n| format!("ns {n}")).collect();
+                bound.extend(w.services.iter().cloned());
                 bound.extend(w.workloads.iter().map(|p| format!("pod {p}")));
                 vec![
                     format!("{}/{}", w.namespace, w.name),
@@ -309,6 +311,7 @@ mod tests {
                 waypoint_for: "service".into(),
                 address: "10.96.255.3".into(),
                 programmed: "True".into(),
+                namespaces: vec!["a".into()],
                 services: vec!["a/web".into()],
                 workloads: Vec::new(),
             }],
@@ -339,7 +342,7 @@ mod tests {
         );
         assert!(text.contains("ztunnel n1   NOT READY  503"), "{text}");
         assert!(
-            text.contains("a/waypoint  service  10.96.255.3  True        a/web"),
+            text.contains("a/waypoint  service  10.96.255.3  True        ns a, a/web"),
             "{text}"
         );
     }

@@ -221,6 +221,8 @@ pub struct WaypointRow {
     pub address: String,
     /// `True`, `False (<reason>)`, or `-` before istiod-lite wrote status.
     pub programmed: String,
+    /// Namespaces whose `istio.io/use-waypoint` label names it.
+    pub namespaces: Vec<String>,
     pub services: Vec<String>,
     pub workloads: Vec<String>,
 }
@@ -314,9 +316,24 @@ pub fn list(view: &DirView, namespace: Option<&str>) -> Vec<WaypointRow> {
                 })
                 .map(|(k, _)| k.to_string())
                 .collect();
+        let namespaces = view
+            .store
+            .namespaces
+            .iter()
+            .filter(|(k, ns)| {
+                let labels = ns.metadata.labels.as_ref();
+                let name = labels.and_then(|l| l.get(USE_WAYPOINT));
+                let wp_ns = labels
+                    .and_then(|l| l.get("istio.io/use-waypoint-namespace"))
+                    .unwrap_or(&k.name);
+                name == Some(&key.name) && *wp_ns == key.namespace
+            })
+            .map(|(k, _)| k.name.clone())
+            .collect();
         rows.push(WaypointRow {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
+            namespaces,
             waypoint_for,
             address,
             programmed,

@@ -109,6 +109,7 @@ fn list_shows_status_and_bindings() {
     let row = &rows[0];
     assert_eq!(row.address, "10.96.255.3");
     assert!(row.is_programmed());
+    assert_eq!(row.namespaces, ["server"]);
     assert_eq!(row.services, ["server/web"], "#none opts out");
     assert_eq!(row.workloads, ["server/web-1"]);
     assert!(list(&view, Some("other")).is_empty());

@@ -91,6 +91,31 @@ async fn waypoint_apply_schedules_a_waypoint_pod_and_delete_removes_it() -> Resu
         assert!(env.contains(&name), "{name} missing from {env:?}");
     }
 
+    // Every pod's process gets the downward-API-like env and its own IP.
+    let server = Cluster::open(&state)?
+        .pod_states()
+        .into_iter()
+        .find(|p| p.pod == "server/server")
+        .context("server pod")?;
+    let environ = std::fs::read(format!(
+        "/proc/{}/environ",
+        server.pid.context("server pid")?
+    ))?;
+    let environ: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let ip = server.ip.context("server IP")?;
+    for expected in [
+        "POD_NAME=server".to_string(),
+        "POD_NAMESPACE=server".into(),
+        "NODE_NAME=node-1".into(),
+        "SERVICE_ACCOUNT=default".into(),
+        format!("INSTANCE_IP={ip}"),
+    ] {
+        assert!(environ.contains(&expected), "{expected} not in {environ:?}");
+    }
+
     let view = waypoint::read_dir(&setup.dir)?;
     let rows = waypoint::list(&view, Some("server"));
     assert_eq!(rows.len(), 1);
