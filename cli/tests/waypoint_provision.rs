@@ -65,6 +65,13 @@ async fn waypoint_apply_schedules_a_waypoint_pod_and_delete_removes_it() -> Resu
             if pod.attempts == 0 && pod.pid.is_none() {
                 bail!("not attempted yet: {pod:?}");
             }
+            // Without the binary the runner says which is missing.
+            if !common::bin_dir().join("waypoint").is_file() {
+                let error = pod.last_error.unwrap_or_default();
+                if !error.contains("waypoint binary") {
+                    bail!("unexpected error: {error}");
+                }
+            }
             Ok(())
         }
     })

@@ -275,6 +275,14 @@ fn start_pod(
     bin_dir: &Path,
     journal: &Journal,
 ) -> Result<(std::net::Ipv4Addr, serde_json::Value, process::Started), String> {
+    // A waypoint pod runs `waypoint` from the binaries' directory; say so
+    // plainly (and before the network is set up) when it is not there.
+    if super::pod_env::is_waypoint(pod) && !bin_dir.join("waypoint").is_file() {
+        return Err(format!(
+            "the waypoint binary is not in {}: build it (`cargo build -p waypoint --bins`) or point AMBIT_BIN_DIR at it",
+            bin_dir.display()
+        ));
+    }
     if !network::netns_exists(&pod.netns) {
         network::add_netns(journal, &pod.netns).map_err(|e: NetworkError| e.to_string())?;
     }
