@@ -5,9 +5,9 @@
 //! show the waypoint and its binding, `ambit waypoint delete` removes it
 //! all, and `ambit down` leaves nothing.
 //!
-//! The `waypoint` binary is built on another branch; where it is not beside
-//! the other binaries the pod cannot start, so this checks everything up to
-//! the pod being scheduled with the runner's attempt to start it.
+//! With the `waypoint` binary beside the others the waypoint runs and the
+//! Gateway becomes `Programmed`; without it, this checks everything up to
+//! the pod being scheduled and the runner's report of the missing binary.
 
 use std::time::Duration;
 
@@ -129,6 +129,9 @@ async fn waypoint_apply_schedules_a_waypoint_pod_and_delete_removes_it() -> Resu
     assert_eq!(rows[0].services, ["server/server"]);
     let report = status::render(&status::collect(&Cluster::open(&state)?));
     assert!(report.contains("server/waypoint"), "{report}");
+    // With the binary, the waypoint runs and the Gateway is programmed;
+    // without it, it is addressed but pending.
+    let runnable = common::bin_dir().join("waypoint").is_file();
     eventually("the Gateway's status written", PATIENCE, || {
         let dir = setup.dir.clone();
         async move {
@@ -139,10 +142,37 @@ async fn waypoint_apply_schedules_a_waypoint_pod_and_delete_removes_it() -> Resu
             if !row.address.starts_with("10.96.255.") {
                 bail!("address {}", row.address);
             }
-            Ok(())
+            match (runnable, row.is_programmed()) {
+                (true, true) => Ok(()),
+                (false, false) if row.programmed.contains("Pending") => Ok(()),
+                _ => bail!("programmed: {}", row.programmed),
+            }
         }
     })
     .await?;
+    if runnable {
+        let pod = Cluster::open(&state)?
+            .pod_states()
+            .into_iter()
+            .find(|p| p.pod == "server/waypoint")
+            .context("waypoint pod")?;
+        let environ = std::fs::read(format!("/proc/{}/environ", pod.pid.context("pid")?))?;
+        let environ = String::from_utf8_lossy(&environ).replace('\0', "\n");
+        for name in [
+            "GATEWAY_NAME=waypoint",
+            "SERVICE_ACCOUNT=waypoint",
+            "ISTIOD_ADDRESS=https://10.255.0.1:15012",
+            "ISTIOD_SERVER_NAME=",
+            "ISTIOD_ROOT_CERT=",
+            "ISTIOD_TOKEN_FILE=",
+            "TRUST_DOMAIN=cluster.local",
+        ] {
+            assert!(
+                environ.contains(name),
+                "{name} not in the waypoint's env:\n{environ}"
+            );
+        }
+    }
 
     let view = waypoint::read_dir(&setup.dir)?;
     waypoint::delete(&setup.dir, &view, "server", &["waypoint".into()], false)?;
