@@ -16,3 +16,4 @@ pub mod app;
 pub mod cluster;
 pub mod label;
 pub mod status;
+pub mod waypoint;

@@ -63,6 +63,11 @@ impl Rejection {
 pub trait Handler: Send + Sync + std::fmt::Debug + 'static {
     /// The type URL this handler subscribes to.
     fn type_url(&self) -> &str;
+    /// The resource names to subscribe to; empty (the default) is a wildcard
+    /// subscription to every resource of the type.
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Applies every valid resource and removal of `update`, returns the
     /// resources it refused.
     fn apply(&self, update: &Update) -> Vec<Rejection>;

@@ -25,7 +25,7 @@ pub const AGENT_ADMIN: &str = "127.0.0.1:15031";
 pub const ZTUNNEL_ADMIN: &str = "127.0.0.1:15000";
 pub const ZTUNNEL_READINESS: &str = "127.0.0.1:15021";
 /// The name on istiod-lite's serving certificate that clients check.
-const ISTIOD_SERVER_NAME: &str = "istiod.istio-system.svc";
+pub const ISTIOD_SERVER_NAME: &str = "istiod.istio-system.svc";
 const START_PATIENCE: Duration = Duration::from_secs(60);
 
 pub fn istiod_state_dir(plan: &Plan) -> PathBuf {

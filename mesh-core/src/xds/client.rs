@@ -145,6 +145,7 @@ impl XdsClient {
             .map(|h| DeltaDiscoveryRequest {
                 node: Some(self.node.clone()),
                 type_url: h.type_url().to_string(),
+                resource_names_subscribe: h.names(),
                 initial_resource_versions: self
                     .versions
                     .get(h.type_url())
@@ -412,5 +413,33 @@ mod tests {
         assert!(reqs.iter().all(|r| r.node.as_ref() == Some(&node)
             && r.resource_names_subscribe.is_empty()
             && r.response_nonce.is_empty()));
+    }
+
+    #[derive(Debug)]
+    struct Named;
+
+    impl Handler for Named {
+        fn type_url(&self) -> &str {
+            "named"
+        }
+        fn names(&self) -> Vec<String> {
+            vec!["ns/gw".into()]
+        }
+        fn apply(&self, _: &Update) -> Vec<Rejection> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_handler_naming_resources_subscribes_to_those_only() {
+        let client = XdsClient::new(
+            plane("https://localhost:15012"),
+            Node::default(),
+            vec![Arc::new(Nothing("wild")), Arc::new(Named)],
+        )
+        .unwrap();
+        let reqs = client.initial_requests();
+        assert!(reqs[0].resource_names_subscribe.is_empty());
+        assert_eq!(reqs[1].resource_names_subscribe, vec!["ns/gw".to_string()]);
     }
 }
