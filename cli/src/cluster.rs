@@ -20,6 +20,7 @@ pub mod kubelet;
 pub mod mesh;
 pub mod network;
 pub mod plan;
+pub mod pod_env;
 pub mod pod_status;
 pub mod probe;
 pub mod process;

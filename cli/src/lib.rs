@@ -20,3 +20,4 @@ pub mod grpc_app;
 pub mod http_app;
 pub mod label;
 pub mod status;
+pub mod waypoint;

@@ -7,7 +7,7 @@ use ambit::cluster::progress::{Progress, format_duration};
 use ambit::cluster::{Binaries, Cluster, ClusterOptions, default_state_dir, kubelet, process};
 use ambit::http_app::faults::Faults;
 use ambit::label::{self, Target};
-use ambit::{app, grpc_app, http_app, status};
+use ambit::{app, grpc_app, http_app, status, waypoint};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -82,11 +82,61 @@ enum Command {
         #[command(subcommand)]
         app: AppCommand,
     },
+    /// Waypoints (Gateways of class istio-waypoint) in the cluster
+    /// directory, as `istioctl waypoint` manages them.
+    Waypoint {
+        #[command(subcommand)]
+        waypoint: WaypointCommand,
+    },
     /// The pod runner `ambit up` starts; not for direct use.
     #[command(hide = true)]
     Kubelet {
         #[arg(long)]
         state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum WaypointCommand {
+    /// Writes a waypoint's Gateway (`waypoint-<ns>-<name>.yaml`); istiod-lite
+    /// provisions its pod, Service and ServiceAccount.
+    Apply {
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(long, default_value = "waypoint")]
+        name: String,
+        /// Which traffic it serves: service, workload, all or none.
+        #[arg(long = "for", default_value = "service")]
+        waypoint_for: String,
+        /// Label the namespace `istio.io/use-waypoint=<name>`.
+        #[arg(long)]
+        enroll_namespace: bool,
+        /// Wait until the Gateway is `Programmed` (at most `--timeout`).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "60s", value_parser = mesh_core::duration::parse)]
+        timeout: Duration,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Lists waypoints: address, programmed, bound services and workloads.
+    List {
+        #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+        namespace: Option<String>,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Removes waypoints written by `apply`; namespace labels stay.
+    Delete {
+        names: Vec<String>,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -266,7 +316,8 @@ fn run(cli: Cli) -> Result<()> {
             let target = match kind.as_str() {
                 "ns" | "namespace" | "namespaces" => Target::Namespace(object),
                 "pod" | "pods" => Target::pod(&object)?,
-                other => anyhow::bail!("cannot label {other:?}: use `ns` or `pod`"),
+                "svc" | "service" | "services" => Target::service(&object)?,
+                other => anyhow::bail!("cannot label {other:?}: use `ns`, `pod` or `svc`"),
             };
             let changes = label::parse_changes(&changes)?;
             let file = label::label(&dir, &target, &changes)?;
@@ -299,12 +350,145 @@ fn run(cli: Cli) -> Result<()> {
             }
             l7 => run_l7_app(l7),
         },
+        Command::Waypoint { waypoint: command } => run_waypoint(command),
         Command::Kubelet { state_dir } => {
             let up = Cluster::open(&state_dir)?;
             let stop = process::termination_flag();
             kubelet::run(up.plan(), &Binaries::locate().dir, stop)?;
             Ok(())
         }
+    }
+}
+
+fn run_waypoint(command: WaypointCommand) -> Result<()> {
+    match command {
+        WaypointCommand::Apply {
+            namespace,
+            name,
+            waypoint_for,
+            enroll_namespace,
+            wait,
+            timeout,
+            dir,
+        } => {
+            let applied =
+                waypoint::apply(&dir, &namespace, &name, &waypoint_for, enroll_namespace)?;
+            let verb = if applied.changed {
+                "applied"
+            } else {
+                "unchanged"
+            };
+            println!(
+                "waypoint {namespace}/{name} {verb} ({})",
+                applied.file.display()
+            );
+            if let Some(file) = applied.labelled {
+                println!(
+                    "namespace {namespace} labeled {}={name} ({})",
+                    waypoint::USE_WAYPOINT,
+                    file.display()
+                );
+            }
+            if wait {
+                wait_programmed(&dir, &namespace, &name, timeout)?;
+            }
+            Ok(())
+        }
+        WaypointCommand::List {
+            namespace,
+            all_namespaces,
+            dir,
+        } => {
+            let view = waypoint::read_dir(&dir)?;
+            let namespace = match (all_namespaces, namespace) {
+                (true, _) => None,
+                (false, Some(ns)) => Some(ns),
+                (false, None) => Some("default".to_string()),
+            };
+            let rows = waypoint::list(&view, namespace.as_deref());
+            if rows.is_empty() {
+                match namespace {
+                    Some(ns) => println!("no waypoints in namespace {ns}"),
+                    None => println!("no waypoints"),
+                }
+            } else {
+                print!("{}", waypoint::render(&rows));
+            }
+            Ok(())
+        }
+        WaypointCommand::Delete {
+            names,
+            namespace,
+            all,
+            dir,
+        } => {
+            if names.is_empty() && !all {
+                anyhow::bail!("name the waypoints to delete, or pass --all");
+            }
+            let view = waypoint::read_dir(&dir)?;
+            let removed = waypoint::delete(&dir, &view, &namespace, &names, all)?;
+            for file in &removed {
+                println!("removed {}", file.display());
+            }
+            let deleted: Vec<String> = removed
+                .iter()
+                .filter_map(|f| {
+                    let stem = f.file_stem()?.to_string_lossy().into_owned();
+                    Some(
+                        stem.strip_prefix(&format!("waypoint-{namespace}-"))?
+                            .to_string(),
+                    )
+                })
+                .collect();
+            for ns in waypoint::namespaces_using(&view, &namespace, &deleted) {
+                println!(
+                    "namespace {ns} keeps its {} label; remove it with `ambit label ns {ns} {}-`",
+                    waypoint::USE_WAYPOINT,
+                    waypoint::USE_WAYPOINT
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Polls the Gateway's status file until `Programmed=True`, printing what
+/// it waits for when that changes.
+fn wait_programmed(
+    dir: &std::path::Path,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let view = waypoint::read_dir(dir)?;
+        let row = waypoint::list(&view, Some(namespace))
+            .into_iter()
+            .find(|r| r.name == name);
+        let state = row
+            .as_ref()
+            .map_or("-".to_string(), |r| r.programmed.clone());
+        if row
+            .as_ref()
+            .is_some_and(waypoint::WaypointRow::is_programmed)
+        {
+            let address = row.map(|r| r.address).unwrap_or_default();
+            println!("waypoint {namespace}/{name} programmed at {address}");
+            return Ok(());
+        }
+        if state != last {
+            eprintln!("  waiting for waypoint {namespace}/{name}: programmed {state}");
+            last = state;
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "waypoint {namespace}/{name} not programmed after {} (last: {last}); is the cluster up (`ambit status`)?",
+                format_duration(timeout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -235,7 +235,10 @@ impl App {
             snapshot_tx,
             drain.clone(),
         )));
-        let settings = config.waypoint_settings();
+        let settings = provision::Settings {
+            root_cert_pem: ca.root_pem().to_string(),
+            ..config.waypoint_settings()
+        };
         let (status_sink, provision_sink) = match &source {
             Source::Dir { source, .. } => (
                 StatusSink::Dir(source.clone()),

@@ -42,6 +42,8 @@ pub struct Settings {
     pub trust_domain: String,
     /// ConfigMap (in the waypoint's namespace) holding `root-cert.pem`.
     pub root_cert_config_map: String,
+    /// The CA root (PEM) written to that ConfigMap; none written when empty.
+    pub root_cert_pem: String,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Default for Settings {
             xds_server_name: "istiod.istio-system.svc".into(),
             trust_domain: "cluster.local".into(),
             root_cert_config_map: "istio-ca-root-cert".into(),
+            root_cert_pem: String::new(),
         }
     }
 }
@@ -69,6 +72,9 @@ pub struct WaypointGateway {
     pub uid: Option<String>,
     /// The `istio.io/waypoint-for` label, `service` when absent.
     pub waypoint_for: String,
+    /// `spec.infrastructure.labels`: Gateway API's labels for the objects
+    /// an implementation generates for the Gateway.
+    pub infrastructure_labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Every Gateway of class `istio-waypoint`, by namespace/name.
@@ -87,6 +93,12 @@ pub fn waypoint_gateways(store: &Store) -> Vec<WaypointGateway> {
                 .and_then(|l| l.get(labels::WAYPOINT_FOR))
                 .cloned()
                 .unwrap_or_else(|| "service".into()),
+            infrastructure_labels: gw
+                .spec
+                .infrastructure
+                .as_ref()
+                .and_then(|i| i.labels.clone())
+                .unwrap_or_default(),
         })
         .collect()
 }

@@ -25,7 +25,7 @@ pub const AGENT_ADMIN: &str = "127.0.0.1:15031";
 pub const ZTUNNEL_ADMIN: &str = "127.0.0.1:15000";
 pub const ZTUNNEL_READINESS: &str = "127.0.0.1:15021";
 /// The name on istiod-lite's serving certificate that clients check.
-const ISTIOD_SERVER_NAME: &str = "istiod.istio-system.svc";
+pub const ISTIOD_SERVER_NAME: &str = "istiod.istio-system.svc";
 const START_PATIENCE: Duration = Duration::from_secs(60);
 
 pub fn istiod_state_dir(plan: &Plan) -> PathBuf {
@@ -137,35 +137,6 @@ fn write_token(plan: &Plan, node: &NodePlan) -> Result<PathBuf, UpError> {
 /// Where the node's istiod-lite token is kept (root only).
 pub fn token_path(node: &NodePlan) -> PathBuf {
     node.dir.join("token")
-}
-
-/// The label istiod-lite puts on the waypoint pods it provisions.
-pub const WAYPOINT_POD_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
-
-/// What a waypoint pod on `node` is given to reach istiod-lite for xDS and
-/// its certificate: the node's token stands in for a projected service
-/// account token (istiod-lite's CA issues a node's caller the identities of
-/// pods on that node).
-pub fn waypoint_env(plan: &Plan, node: &NodePlan) -> Vec<(String, String)> {
-    [
-        (
-            "ISTIOD_ADDRESS",
-            format!("https://{}:{ISTIOD_GRPC_PORT}", plan.fabric_ip()),
-        ),
-        ("ISTIOD_SERVER_NAME", ISTIOD_SERVER_NAME.to_string()),
-        (
-            "ISTIOD_ROOT_CERT",
-            istiod_state_dir(plan)
-                .join("root-cert.pem")
-                .display()
-                .to_string(),
-        ),
-        ("ISTIOD_TOKEN_FILE", token_path(node).display().to_string()),
-        ("TRUST_DOMAIN", "cluster.local".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
 }
 
 /// The ztunnel's config for `node` (docs/ztunnel-config.md).

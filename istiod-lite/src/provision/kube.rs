@@ -35,6 +35,7 @@ fn resource(api_version: &str, kind: &str) -> ApiResource {
         "Deployment" => "deployments",
         "Service" => "services",
         "ServiceAccount" => "serviceaccounts",
+        "ConfigMap" => "configmaps",
         _ => "gateways",
     };
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
@@ -47,11 +48,14 @@ pub fn desired(store: &Store, settings: &Settings) -> BTreeMap<NamespacedName, V
         .into_iter()
         .filter(|gw| gw.uid.is_some() && invalid_reason(store, gw).is_none())
         .map(|gw| {
-            let documents = vec![
+            let mut documents = vec![
                 objects::service_account(&gw, true),
                 objects::service(&gw, None, true),
                 objects::deployment(&gw, settings),
             ];
+            if !settings.root_cert_pem.is_empty() {
+                documents.insert(0, objects::root_cert_config_map(&gw, settings));
+            }
             (gw.key, documents)
         })
         .collect()
@@ -116,7 +120,8 @@ impl KubeProvisioner {
                 &key.namespace,
                 &resource(api_version, kind),
             );
-            api.patch(&key.name, &params, &Patch::Apply(document))
+            let name = document["metadata"]["name"].as_str().unwrap_or(&key.name);
+            api.patch(name, &params, &Patch::Apply(document))
                 .await
                 .map_err(|source| KubeProvisionError::Apply {
                     kind: kind.to_string(),

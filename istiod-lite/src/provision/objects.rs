@@ -18,12 +18,16 @@ pub const TOKEN_AUDIENCE: &str = "istio-ca";
 
 /// Labels every waypoint object (and its pods) carries: the Gateway's name,
 /// and `istio.io/dataplane-mode: none` so the waypoint is never captured.
+/// The Gateway's `spec.infrastructure.labels` come first, so ours win.
 pub fn labels(gw: &WaypointGateway) -> Value {
-    json!({
-        GATEWAY_NAME: gw.key.name,
-        DATAPLANE_MODE: "none",
-        "app.kubernetes.io/managed-by": FIELD_MANAGER,
-    })
+    let mut labels = serde_json::Map::new();
+    for (key, value) in &gw.infrastructure_labels {
+        labels.insert(key.clone(), json!(value));
+    }
+    labels.insert(GATEWAY_NAME.into(), json!(gw.key.name));
+    labels.insert(DATAPLANE_MODE.into(), json!("none"));
+    labels.insert("app.kubernetes.io/managed-by".into(), json!(FIELD_MANAGER));
+    Value::Object(labels)
 }
 
 fn metadata(gw: &WaypointGateway, owned: bool) -> Value {
@@ -187,5 +191,21 @@ pub fn pod(gw: &WaypointGateway, node: &str) -> Value {
                 ],
             }],
         },
+    })
+}
+
+/// The root certificate ConfigMap the waypoint mounts, as Istio keeps one in
+/// every namespace. Not owned by the Gateway: other waypoints of the
+/// namespace use it too.
+pub fn root_cert_config_map(gw: &WaypointGateway, settings: &Settings) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": settings.root_cert_config_map,
+            "namespace": gw.key.namespace,
+            "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER},
+        },
+        "data": {"root-cert.pem": settings.root_cert_pem},
     })
 }

@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use crate::model::{NamespacedName, Store};
 
 /// The range waypoint Services' ClusterIPs come from in directory mode
-/// (docs/waypoints.md). Inside Kubernetes' usual service range, at its top,
+/// (docs/waypoint-provisioning.md). Inside Kubernetes' usual service range, at its top,
 /// where hand-written Services rarely sit; collisions are avoided anyway.
 pub const WAYPOINT_VIP_RANGE: &str = "10.96.255.0/24";
 

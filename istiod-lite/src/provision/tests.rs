@@ -134,6 +134,25 @@ fn kubernetes_objects_are_owned_by_the_gateway_and_hardened() {
 }
 
 #[test]
+fn the_root_certificate_config_map_comes_first_when_the_root_is_known() {
+    let store = store_of(&[gateway("shop", "waypoint", 15008, "HBONE", json!({}))]);
+    let settings = Settings {
+        root_cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+        ..Settings::default()
+    };
+    let desired = kube::desired(&store, &settings);
+    let documents = &desired[&NamespacedName::new("shop", "waypoint")];
+    assert_eq!(documents[0]["kind"], "ConfigMap");
+    assert_eq!(documents[0]["metadata"]["name"], "istio-ca-root-cert");
+    assert_eq!(
+        documents[0]["data"]["root-cert.pem"],
+        "-----BEGIN CERTIFICATE-----"
+    );
+    let volumes = &documents[3]["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(volumes[1]["configMap"]["name"], "istio-ca-root-cert");
+}
+
+#[test]
 fn invalid_gateways_and_other_classes_are_not_provisioned() {
     let mut other = gateway("shop", "ingress", 80, "HTTP", json!({}));
     other["spec"]["gatewayClassName"] = json!("istio");
@@ -193,7 +212,7 @@ fn addresses_are_stable_and_never_collide() {
     // A current address is kept even if it is not the hashed one.
     let kept_ip: Ipv4Addr = "10.96.255.200".parse().unwrap();
     let kept = allocate_ips(
-        &[a.clone()],
+        std::slice::from_ref(&a),
         &BTreeMap::from([(a.clone(), kept_ip)]),
         &BTreeSet::new(),
         range,
@@ -201,7 +220,7 @@ fn addresses_are_stable_and_never_collide() {
     assert_eq!(kept[&a], kept_ip);
     // ... unless it left the range.
     let outside = allocate_ips(
-        &[a.clone()],
+        std::slice::from_ref(&a),
         &BTreeMap::from([(a.clone(), "10.0.0.1".parse().unwrap())]),
         &BTreeSet::new(),
         range,
@@ -214,7 +233,7 @@ fn addresses_are_stable_and_never_collide() {
         .iter()
         .map(|ip| ip.parse().unwrap())
         .collect();
-    assert!(allocate_ips(&[a.clone()], &BTreeMap::new(), &full, tiny).is_empty());
+    assert!(allocate_ips(std::slice::from_ref(&a), &BTreeMap::new(), &full, tiny).is_empty());
 }
 
 #[test]
@@ -281,7 +300,7 @@ fn gateway_status_follows_the_service_and_the_pod() {
         "HBONE",
         json!({"istio.io/waypoint-for": "all"}),
     );
-    let pending = status(&store_of(&[gw.clone()]), "cluster.local");
+    let pending = status(&store_of(std::slice::from_ref(&gw)), "cluster.local");
     assert!(find(&pending.conditions, Kind::Gateway, "waypoint", "Accepted").status);
     let programmed = find(&pending.conditions, Kind::Gateway, "waypoint", "Programmed");
     assert!(!programmed.status);
