@@ -6,7 +6,9 @@
 //! reported, the test fails if any failed, and it ends with `ambit down` and
 //! the check that nothing is left.
 //!
-//! The cluster (`tests/fixtures/waypoint/`):
+//! The cluster (`tests/fixtures/waypoint/`, plus the Gateway `waypoint` in
+//! `server` and the namespace's `istio.io/use-waypoint` from `ambit waypoint
+//! apply -n server --enroll-namespace`):
 //! - `web` (10.96.1.10:80) selects both `v1` and `v2`; its HTTPRoute sends
 //!   90% to `web-v1`, 10% to `web-v2`. Without the waypoint, L4 balancing
 //!   over both pods would give about half each.
@@ -455,6 +457,23 @@ async fn a_namespace_behind_a_waypoint_gets_l7_routing_policy_and_telemetry() ->
     let files = fixture_files()?;
     let files: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     let setup = mesh_setup(&files)?;
+    // The Gateway and the namespace's binding, as a user would make them.
+    let apply = Command::new(bin_dir().join("ambit"))
+        .args([
+            "waypoint",
+            "apply",
+            "-n",
+            "server",
+            "--enroll-namespace",
+            "--dir",
+        ])
+        .arg(&setup.dir)
+        .output()?;
+    ensure!(
+        apply.status.success(),
+        "ambit waypoint apply: {}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
     let cluster = Cluster::up(&setup.dir, &setup.options).context("ambit up")?;
     let state_dir = setup.options.state_dir();
     let state = state_dir.as_path();
