@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use ambit::cluster::progress::{Progress, format_duration};
 use ambit::cluster::{Binaries, Cluster, ClusterOptions, default_state_dir, kubelet, process};
+use ambit::http_app::faults::Faults;
 use ambit::label::{self, Target};
-use ambit::{app, status, waypoint};
+use ambit::{app, grpc_app, http_app, status, waypoint};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -165,6 +166,91 @@ enum AppCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// An HTTP/1.1 and h2c server answering every request with JSON naming
+    /// the app and echoing the request (method, path, headers, xfcc).
+    HttpServer {
+        #[arg(long)]
+        port: u16,
+        /// Name in responses (and the `x-ambit-app` header) [default: $POD_NAME].
+        #[arg(long)]
+        name: Option<String>,
+        /// Serve HTTP/2 with prior knowledge only.
+        #[arg(long)]
+        h2c: bool,
+        /// Fail requests N, 2N, 3N, ... with --fail-status.
+        #[arg(long)]
+        fail_every: Option<u64>,
+        /// Fail the first N requests with --fail-status.
+        #[arg(long)]
+        fail_first: Option<u64>,
+        /// Fail this fraction (0..1) of requests, at random, with --fail-status.
+        #[arg(long)]
+        fail_rate: Option<f64>,
+        #[arg(long, default_value_t = 503)]
+        fail_status: u16,
+        /// Wait this long before every response.
+        #[arg(long, default_value = "0s", value_parser = mesh_core::duration::parse)]
+        delay: Duration,
+    },
+    /// Sends HTTP requests and prints `STATUS BACKEND LATENCY` per response,
+    /// then with --summary a `summary {json}` line.
+    HttpClient {
+        /// http://HOST[:PORT]/PATH.
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Interval between request starts [default: back to back].
+        #[arg(long, default_value = "0s", value_parser = mesh_core::duration::parse)]
+        every: Duration,
+        /// HTTP/2 with prior knowledge instead of HTTP/1.1.
+        #[arg(long)]
+        h2c: bool,
+        /// NAME:VALUE, repeatable.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Per-request timeout.
+        #[arg(long, default_value = "10s", value_parser = mesh_core::duration::parse)]
+        timeout: Duration,
+        /// Print a `summary {json}` line at the end.
+        #[arg(long)]
+        summary: bool,
+        /// Print each response's body after its line.
+        #[arg(long)]
+        body: bool,
+        /// Print only the summary, not a line per response.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// A gRPC server of `ambit.testapp.v1.Echo` (unary, server and client
+    /// streaming) over h2c.
+    GrpcServer {
+        #[arg(long)]
+        port: u16,
+        /// Name in replies [default: $POD_NAME].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Calls `ambit.testapp.v1.Echo`, one line per call and a summary.
+    GrpcClient {
+        /// HOST:PORT.
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Server-streaming calls of this many replies each instead of unary.
+        #[arg(long)]
+        stream: Option<u32>,
+        #[arg(long, default_value = "0s", value_parser = mesh_core::duration::parse)]
+        every: Duration,
+        #[arg(long, default_value = "10s", value_parser = mesh_core::duration::parse)]
+        timeout: Duration,
+        /// Print only the summary, not a line per call.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -262,6 +348,7 @@ fn run(cli: Cli) -> Result<()> {
                 app::run_client(&target, options, &app::app_name(name));
                 Ok(())
             }
+            l7 => run_l7_app(l7),
         },
         Command::Waypoint { waypoint: command } => run_waypoint(command),
         Command::Kubelet { state_dir } => {
@@ -403,4 +490,118 @@ fn wait_programmed(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The HTTP and gRPC apps, on a tokio runtime of their own.
+fn run_l7_app(app: AppCommand) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        match app {
+            AppCommand::HttpServer {
+                port,
+                name,
+                h2c,
+                fail_every,
+                fail_first,
+                fail_rate,
+                fail_status,
+                delay,
+            } => {
+                let faults = Faults::from_flags(fail_every, fail_first, fail_rate, fail_status)?;
+                let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+                    .await
+                    .with_context(|| format!("listening on port {port}"))?;
+                let name = app::app_name(name);
+                println!(
+                    "{name} serving HTTP on {} ({faults}; delay {delay:?})",
+                    listener.local_addr()?
+                );
+                let config = http_app::server::ServerConfig {
+                    name,
+                    h2c_only: h2c,
+                    faults,
+                    delay,
+                };
+                http_app::server::serve(listener, config).await?;
+                Ok(())
+            }
+            AppCommand::HttpClient {
+                url,
+                count,
+                every,
+                h2c,
+                headers,
+                method,
+                timeout,
+                summary,
+                body,
+                quiet,
+            } => {
+                let config = http_app::client::ClientConfig {
+                    url: http_app::client::parse_url(&url)?,
+                    method: method
+                        .parse()
+                        .with_context(|| format!("--method {method:?}"))?,
+                    count,
+                    every,
+                    h2c,
+                    headers: headers
+                        .iter()
+                        .map(|h| http_app::client::parse_header(h))
+                        .collect::<Result<_, _>>()?,
+                    timeout,
+                };
+                let result = http_app::client::run(&config, |outcome| {
+                    if !quiet {
+                        println!("{}", outcome.line(body));
+                    }
+                })
+                .await;
+                if summary || quiet {
+                    println!("{}", result.line());
+                }
+                Ok(())
+            }
+            AppCommand::GrpcServer { port, name } => {
+                let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+                    .await
+                    .with_context(|| format!("listening on port {port}"))?;
+                let name = app::app_name(name);
+                println!("{name} serving gRPC on {}", listener.local_addr()?);
+                grpc_app::server::serve(listener, name).await?;
+                Ok(())
+            }
+            AppCommand::GrpcClient {
+                target,
+                count,
+                stream,
+                every,
+                timeout,
+                quiet,
+            } => {
+                let config = grpc_app::client::GrpcClientConfig {
+                    target,
+                    count,
+                    stream,
+                    every,
+                    timeout,
+                };
+                let result = grpc_app::client::run(&config, |call| {
+                    if !quiet {
+                        println!("{}", call.line());
+                    }
+                })
+                .await;
+                println!("{}", result.line());
+                Ok(())
+            }
+            AppCommand::Server { .. } | AppCommand::Client { .. } => {
+                unreachable!("the TCP apps run without a runtime")
+            }
+        }
+    })
 }
