@@ -20,6 +20,7 @@ pub mod kubelet;
 pub mod mesh;
 pub mod network;
 pub mod plan;
+pub mod pod_env;
 pub mod pod_status;
 pub mod probe;
 pub mod process;
@@ -388,7 +389,18 @@ impl Cluster {
         let start = Instant::now();
         let outcome = progress::wait_until("pods running", patience, || {
             let states = self.pod_states();
-            let running = states.iter().filter(|s| s.phase == Phase::Running).count();
+            // Pods added after `up` (istiod-lite's waypoint pods) may run
+            // too: count only the planned ones.
+            let running = self
+                .plan
+                .pods
+                .iter()
+                .filter(|p| {
+                    states
+                        .iter()
+                        .any(|s| s.pod == p.key() && s.phase == Phase::Running)
+                })
+                .count();
             if running == self.plan.pods.len() {
                 Ok(())
             } else {

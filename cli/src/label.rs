@@ -46,6 +46,7 @@ pub enum LabelError {
 pub enum Target {
     Namespace(String),
     Pod { namespace: String, name: String },
+    Service { namespace: String, name: String },
 }
 
 impl Target {
@@ -61,6 +62,14 @@ impl Target {
         })
     }
 
+    /// `svc NS/NAME` (a Service without a namespace is in `default`).
+    pub fn service(spec: &str) -> Result<Target, LabelError> {
+        match Target::pod(spec)? {
+            Target::Pod { namespace, name } => Ok(Target::Service { namespace, name }),
+            other => Ok(other),
+        }
+    }
+
     fn matches(&self, document: &Value) -> bool {
         let field = |path: &[&str]| {
             path.iter()
@@ -71,8 +80,13 @@ impl Target {
             Target::Namespace(name) => {
                 field(&["kind"]) == Some("Namespace") && field(&["metadata", "name"]) == Some(name)
             }
-            Target::Pod { namespace, name } => {
-                field(&["kind"]) == Some("Pod")
+            Target::Pod { namespace, name } | Target::Service { namespace, name } => {
+                let kind = if matches!(self, Target::Pod { .. }) {
+                    "Pod"
+                } else {
+                    "Service"
+                };
+                field(&["kind"]) == Some(kind)
                     && field(&["metadata", "name"]) == Some(name)
                     && field(&["metadata", "namespace"]).unwrap_or("default") == namespace
             }
@@ -85,6 +99,7 @@ impl fmt::Display for Target {
         match self {
             Target::Namespace(name) => write!(f, "namespace {name}"),
             Target::Pod { namespace, name } => write!(f, "pod {namespace}/{name}"),
+            Target::Service { namespace, name } => write!(f, "service {namespace}/{name}"),
         }
     }
 }

@@ -122,3 +122,33 @@ fn labelling_a_directory_edits_the_file_that_defines_the_object() {
         "{missing}"
     );
 }
+
+#[test]
+fn waypoint_bindings_and_opt_outs_are_labels_like_any_other() {
+    let changes = parse_changes(&[
+        "istio.io/use-waypoint=waypoint".into(),
+        "istio.io/use-waypoint-namespace-".into(),
+    ])
+    .unwrap();
+    assert_eq!(changes[0], set("istio.io/use-waypoint", "waypoint"));
+    assert!(parse_changes(&["istio.io/use-waypoint=none".into()]).is_ok());
+    // `#none` is not a valid Kubernetes label value; the API server refuses
+    // it too, so the opt-out is written `none`.
+    assert!(matches!(
+        parse_changes(&["istio.io/use-waypoint=#none".into()]),
+        Err(LabelError::BadValue(v)) if v == "#none"
+    ));
+}
+
+#[test]
+fn a_service_is_found_by_namespace_and_name() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: server}\nspec: {ports: [{port: 80}]}\n";
+    let target = Target::service("server/web").unwrap();
+    assert_eq!(target.to_string(), "service server/web");
+    let edited = edit_text(text, &target, &[set("istio.io/use-waypoint", "waypoint")]).unwrap();
+    assert!(
+        edited.contains("istio.io/use-waypoint: waypoint"),
+        "{edited}"
+    );
+    assert!(edit_text(text, &Target::pod("server/web").unwrap(), &[set("a", "b")]).is_none());
+}

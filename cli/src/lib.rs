@@ -7,6 +7,8 @@
 //! - `label`: `ambit label`, editing the cluster directory's YAML.
 //! - `status`: `ambit status`, the table of nodes, pods and mesh health.
 //! - `app`: small built-in apps (`ambit app server|client`) for examples.
+//! - `http_app`, `grpc_app`: the L7 test apps (`ambit app http-server|
+//!   http-client|grpc-server|grpc-client`) for waypoint examples and tests.
 //!
 //! It does not talk to a Kubernetes API server: the local cluster's API is
 //! its directory of YAML, read by istiod-lite's and the node agents'
@@ -14,5 +16,8 @@
 
 pub mod app;
 pub mod cluster;
+pub mod grpc_app;
+pub mod http_app;
 pub mod label;
 pub mod status;
+pub mod waypoint;

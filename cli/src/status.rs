@@ -20,6 +20,8 @@ pub struct StatusReport {
     pub health: Vec<(String, Result<(), String>)>,
     pub nodes: Vec<[String; 3]>,
     pub pods: Vec<PodRow>,
+    /// The directory's waypoints and what is bound to them.
+    pub waypoints: Vec<crate::waypoint::WaypointRow>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -144,8 +146,12 @@ pub fn collect(cluster: &Cluster) -> StatusReport {
             }
         })
         .collect();
+    let waypoints = crate::waypoint::read_dir(&plan.dir)
+        .map(|view| crate::waypoint::list(&view, None))
+        .unwrap_or_default();
     StatusReport {
         cluster: plan.cluster.clone(),
+        waypoints,
         health,
         nodes: plan
             .nodes
@@ -219,6 +225,35 @@ pub fn render(report: &StatusReport) -> String {
         ],
         &pods,
     );
+    if !report.waypoints.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = report
+            .waypoints
+            .iter()
+            .map(|w| {
+                let mut bound: Vec<String> =
+                    w.namespaces.iter().map(|n| format!("ns {n}")).collect();
+                bound.extend(w.services.iter().cloned());
+                bound.extend(w.workloads.iter().map(|p| format!("pod {p}")));
+                vec![
+                    format!("{}/{}", w.namespace, w.name),
+                    w.waypoint_for.clone(),
+                    w.address.clone(),
+                    w.programmed.clone(),
+                    if bound.is_empty() {
+                        "-".into()
+                    } else {
+                        bound.join(", ")
+                    },
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["WAYPOINT", "FOR", "ADDRESS", "PROGRAMMED", "USED BY"],
+            &rows,
+        );
+    }
     if !report.health.is_empty() {
         out.push('\n');
         let health: Vec<Vec<String>> = report
@@ -270,6 +305,16 @@ mod tests {
     fn renders_aligned_tables() {
         let report = StatusReport {
             cluster: "c".into(),
+            waypoints: vec![crate::waypoint::WaypointRow {
+                namespace: "a".into(),
+                name: "waypoint".into(),
+                waypoint_for: "service".into(),
+                address: "10.96.255.3".into(),
+                programmed: "True".into(),
+                namespaces: vec!["a".into()],
+                services: vec!["a/web".into()],
+                workloads: Vec::new(),
+            }],
             health: vec![
                 ("istiod-lite".into(), Ok(())),
                 ("ztunnel n1".into(), Err("503".into())),
@@ -296,5 +341,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ztunnel n1   NOT READY  503"), "{text}");
+        assert!(
+            text.contains("a/waypoint  service  10.96.255.3  True        ns a, a/web"),
+            "{text}"
+        );
     }
 }

@@ -723,3 +723,161 @@ async fn a_new_pods_first_connection_goes_over_mtls() -> Result<()> {
     assert_eq!(mtls_from(&cluster, "node-2", "demo")?, 1);
     down_and_check(&setup)
 }
+
+/// Longest an attempt may take while its namespace leaves the mesh: a call
+/// either completes or fails fast (refused, reset); the clients' own timeout
+/// is well above it, so a hung attempt shows as a failure that took longer.
+const IN_FLIGHT_BOUND: Duration = Duration::from_millis(2000);
+const CALLERS: usize = 16;
+
+/// `CALLERS` pods in `ns` on `node`, each calling `target` every 20 ms with a
+/// 4 s timeout.
+fn callers(ns: &str, node: &str, target: &str) -> String {
+    (0..CALLERS)
+        .map(|i| {
+            pod(
+                ns,
+                &format!("caller-{i}"),
+                node,
+                &[
+                    "ambit",
+                    "app",
+                    "client",
+                    "--target",
+                    target,
+                    "--every",
+                    "20ms",
+                    "--timeout",
+                    "4s",
+                ],
+                &[],
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+fn caller_names(ns: &str) -> Vec<String> {
+    (0..CALLERS).map(|i| format!("{ns}/caller-{i}")).collect()
+}
+
+/// Attempts each caller finished since `marks` (log line counts).
+fn attempts_since(setup: &Setup, pods: &[String], marks: &[usize]) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for (pod, &mark) in pods.iter().zip(marks) {
+        lines.extend(pod_log(setup, pod)?.lines().skip(mark).map(str::to_string));
+    }
+    Ok(lines)
+}
+
+fn log_marks(setup: &Setup, pods: &[String]) -> Result<Vec<usize>> {
+    pods.iter()
+        .map(|p| Ok(pod_log(setup, p)?.lines().count()))
+        .collect()
+}
+
+/// Waits until every caller has finished `n` attempts since `marks`: then
+/// every attempt in flight at the time of the marks has ended.
+async fn wait_attempts(setup: &Setup, pods: &[String], marks: &[usize], n: usize) -> Result<()> {
+    eventually(
+        &format!("{n} attempts by every caller"),
+        PATIENCE,
+        || async {
+            for (pod, &mark) in pods.iter().zip(marks) {
+                let done = pod_log(setup, pod)?.lines().count() - mark;
+                if done < n {
+                    bail!("{pod}: {done} attempts");
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_in_flight_when_a_namespace_leaves_the_mesh_never_hang() -> Result<()> {
+    let setup = mesh_setup(&[
+        ("nodes.yaml", nodes(&["node-1", "node-2"])),
+        (
+            "namespaces.yaml",
+            format!(
+                "{}---\n{}",
+                namespace("client", true),
+                namespace("server", true)
+            ),
+        ),
+        ("server.yaml", server("server", "node-2")),
+    ])?;
+    let cluster = up(&setup)?;
+    wait_enrolled(&cluster, "node-2", "server/server").await?;
+    let server_ip = cluster.pod_ip("server/server").context("server IP")?;
+    std::fs::write(
+        setup.dir.join("callers.yaml"),
+        callers("client", "node-1", &format!("{server_ip}:8080")),
+    )?;
+    let pods = caller_names("client");
+    for pod in &pods {
+        wait_enrolled(&cluster, "node-1", pod).await?;
+    }
+    let mut slow = Vec::new();
+    for round in 0..2 {
+        // Calls go over mTLS before the namespace leaves.
+        let before = mtls_from(&cluster, "node-2", "client")?;
+        eventually("the callers' calls are mTLS", PATIENCE, || {
+            let cluster = cluster.clone();
+            async move {
+                if mtls_from(&cluster, "node-2", "client")? >= before + CALLERS as u64 {
+                    Ok(())
+                } else {
+                    bail!("not yet")
+                }
+            }
+        })
+        .await?;
+        let marks = log_marks(&setup, &pods)?;
+        set_namespace_mode(&setup, "client", None)?;
+        eventually("the callers are out of the mesh", PATIENCE, || async {
+            for pod in &pods {
+                let entry = agent_entry(&cluster, "node-1", pod)?;
+                if entry["enrolled"] != false || ztunnel_state(&cluster, "node-1", pod)?.is_some() {
+                    bail!("{pod}: {entry}");
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        // Every attempt in flight at the removal ends before these do.
+        let out = log_marks(&setup, &pods)?;
+        wait_attempts(&setup, &pods, &out, 5).await?;
+        let attempts = attempts_since(&setup, &pods, &marks)?;
+        let failed: Vec<&String> = attempts
+            .iter()
+            .filter(|l| l.starts_with("failed"))
+            .collect();
+        println!(
+            "round {round}: {} attempts across the removal, {} failed: {failed:?}",
+            attempts.len(),
+            failed.len()
+        );
+        slow.extend(
+            attempts
+                .iter()
+                .filter(|l| {
+                    ambit::app::failed_after(l)
+                        .is_some_and(|ms| ms >= IN_FLIGHT_BOUND.as_millis() as u64)
+                })
+                .cloned(),
+        );
+        set_namespace_mode(&setup, "client", Some("ambient"))?;
+        for pod in &pods {
+            wait_enrolled(&cluster, "node-1", pod).await?;
+        }
+    }
+    assert!(
+        slow.is_empty(),
+        "{} attempts hung past {IN_FLIGHT_BOUND:?} while the namespace left the mesh: {slow:#?}",
+        slow.len()
+    );
+    down_and_check(&setup)
+}

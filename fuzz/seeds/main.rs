@@ -599,6 +599,130 @@ fn cni_stdin_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Protobuf fields as values for the `Waypoint` seeds (with `pb_varint`):
+/// varints, length-delimited fields (strings and messages) and doubles.
+fn pb_uint(field: u64, v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    pb_varint(&mut out, field << 3);
+    pb_varint(&mut out, v);
+    out
+}
+
+fn pb_field(field: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    pb_varint(&mut out, (field << 3) | 2);
+    pb_varint(&mut out, body.len() as u64);
+    out.extend_from_slice(body);
+    out
+}
+
+fn pb_str(field: u64, s: &str) -> Vec<u8> {
+    pb_field(field, s.as_bytes())
+}
+
+fn pb_double(field: u64, v: f64) -> Vec<u8> {
+    let mut out = Vec::new();
+    pb_varint(&mut out, (field << 3) | 1);
+    out.extend_from_slice(&v.to_le_bytes());
+    out
+}
+
+fn pb_msg(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn waypoint_config_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    // Route: prefix /api + header + method, a prefix rewrite, 90/10
+    // backends, a retry and a fault; a second route with a wildcard
+    // hostname, a regex path and a redirect.
+    let backend = |name: &str, weight: u64| {
+        pb_msg(&[
+            pb_str(1, &format!("{name}.default.svc.cluster.local")),
+            pb_str(2, "default"),
+            pb_str(3, name),
+            pb_uint(4, 80),
+            pb_uint(5, weight),
+        ])
+    };
+    let api_rule = pb_msg(&[
+        pb_str(1, "api"),
+        pb_field(
+            2,
+            &pb_msg(&[
+                pb_field(1, &pb_msg(&[pb_uint(1, 0), pb_str(2, "/api")])),
+                pb_field(2, &pb_msg(&[pb_uint(1, 0), pb_str(2, "x-env"), pb_str(3, "canary")])),
+                pb_field(3, &pb_msg(&[pb_uint(1, 1), pb_str(2, "v"), pb_str(3, "[12]")])),
+                pb_str(4, "GET"),
+            ]),
+        ),
+        pb_field(3, &pb_field(4, &pb_field(2, &pb_msg(&[pb_uint(1, 1), pb_str(2, "/v2")])))),
+        pb_field(3, &pb_field(1, &pb_field(1, &pb_msg(&[pb_str(1, "x-a"), pb_str(2, "1")])))),
+        pb_field(4, &backend("web-v1", 90)),
+        pb_field(4, &backend("web-v2", 10)),
+        pb_field(6, &pb_msg(&[pb_uint(1, 2), pb_uint(2, 503)])),
+        pb_field(7, &pb_msg(&[pb_uint(3, 503), pb_double(5, 5.0)])),
+    ]);
+    let route = pb_msg(&[
+        pb_uint(1, 0),
+        pb_str(2, "default"),
+        pb_str(3, "web"),
+        pb_uint(4, 1_700_000_000),
+        pb_field(6, &api_rule),
+    ]);
+    let redirect_rule = pb_msg(&[
+        pb_field(2, &pb_field(1, &pb_msg(&[pb_uint(1, 2), pb_str(2, "/old/.*")]))),
+        pb_field(
+            3,
+            &pb_field(3, &pb_msg(&[pb_str(1, "https"), pb_str(2, "new.example.com"), pb_uint(5, 301)])),
+        ),
+    ]);
+    let route2 = pb_msg(&[
+        pb_uint(1, 1),
+        pb_str(2, "other"),
+        pb_str(3, "legacy"),
+        pb_str(5, "*.example.com"),
+        pb_field(6, &redirect_rule),
+        pb_uint(7, 80),
+    ]);
+    let deny_admin = pb_msg(&[
+        pb_str(1, "default"),
+        pb_str(2, "deny-admin"),
+        pb_uint(3, 1),
+        pb_field(4, &pb_field(2, &pb_str(7, "/admin*"))),
+    ]);
+    let allow_client = pb_msg(&[
+        pb_str(1, "default"),
+        pb_str(2, "allow-client"),
+        pb_uint(3, 0),
+        pb_field(
+            4,
+            &pb_msg(&[
+                pb_field(1, &pb_msg(&[pb_str(1, "cluster.local/ns/default/*"), pb_str(7, "10.0.0.0/8")])),
+                pb_field(3, &pb_msg(&[pb_str(1, "request.headers[x-a]"), pb_str(3, "bad")])),
+            ]),
+        ),
+    ]);
+    let service = pb_msg(&[
+        pb_str(1, "default"),
+        pb_str(2, "web"),
+        pb_str(3, "web.default.svc.cluster.local"),
+        pb_str(4, "10.96.0.10"),
+        pb_field(5, &pb_msg(&[pb_uint(1, 80), pb_uint(2, 8080), pb_uint(3, 1), pb_str(4, "http")])),
+        pb_field(6, &route),
+        pb_field(6, &route2),
+        pb_field(7, &deny_admin),
+        pb_field(7, &allow_client),
+    ]);
+    let full = pb_msg(&[
+        pb_str(1, "default"),
+        pb_str(2, "waypoint"),
+        pb_field(3, &service),
+        pb_field(4, &pb_msg(&[pb_str(1, "default"), pb_str(2, "audit"), pb_uint(3, 2)])),
+    ]);
+    let empty_service = pb_msg(&[pb_str(1, "default"), pb_str(2, "waypoint"), pb_field(3, &pb_str(4, "10.96.0.11"))]);
+    vec![("full", full), ("empty-service", empty_service), ("empty", Vec::new())]
+}
+
 fn write(target: &str, seeds: Vec<(&'static str, Vec<u8>)>) {
     // `cargo run` knows the crate directory; a bare `rustc` build runs from fuzz/.
     let root = option_env!("CARGO_MANIFEST_DIR").unwrap_or(".");
@@ -619,4 +743,5 @@ fn main() {
     write("xds_requests", xds_requests_seeds());
     write("zds_messages", zds_messages_seeds());
     write("cni_stdin", cni_stdin_seeds());
+    write("waypoint_config", waypoint_config_seeds());
 }

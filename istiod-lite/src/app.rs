@@ -23,7 +23,8 @@ use crate::auth::kube::KubeTokenReview;
 use crate::auth::tokens::{NodeTokens, follow_nodes};
 use crate::ca::{CaMetrics, CaPolicy, CaServer, root};
 use crate::config::{Config, SourceKind};
-use crate::model::{ObjectCondition, Store};
+use crate::model::Store;
+use crate::provision::{self, kube::KubeProvisioner, status::ProvisionStatus};
 use crate::registry::Registry;
 use crate::registry::dir::{DirSource, DirWatch};
 use crate::registry::kube::{ClientSource, KubeSource, KubeSourceOptions, build_client};
@@ -145,6 +146,7 @@ impl App {
         };
         drop(synced);
 
+        let provision_client = kube_client.clone();
         let auth: Arc<dyn Authenticate> = match kube_client {
             Some(client) => Arc::new(KubeTokenReview::new(
                 client,
@@ -180,7 +182,7 @@ impl App {
             translation_seconds.clone(),
         );
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
-        let (conditions_tx, conditions_rx) = watch::channel(Vec::<ObjectCondition>::new());
+        let (conditions_tx, conditions_rx) = watch::channel(ProvisionStatus::default());
         let first_snapshot = readiness.register("first snapshot published");
         {
             let mut first_snapshot = Some(first_snapshot);
@@ -197,6 +199,7 @@ impl App {
         }
         // Only the publish task builds, so the lock is never contended; it
         // exists because `publish` takes a `Fn`.
+        let cluster_domain = mesh.cluster_domain.clone();
         let building =
             std::sync::Mutex::new((translate::Translator::new(mesh), SnapshotBuilder::new()));
         tasks.push(tokio::spawn(xds::publish(
@@ -210,10 +213,18 @@ impl App {
                 let touched = translator.update(store);
                 translation_seconds.observe(started.elapsed().as_secs_f64());
                 let translation = translator.translation();
+                let provisioned = provision::status::status(store, &cluster_domain);
+                let report = ProvisionStatus {
+                    conditions: provision::status::merge(
+                        &translation.conditions,
+                        &provisioned.conditions,
+                    ),
+                    addresses: provisioned.addresses,
+                };
                 conditions_tx.send_if_modified(|current| {
-                    let changed = *current != translation.conditions;
+                    let changed = *current != report;
                     if changed {
-                        current.clone_from(&translation.conditions);
+                        *current = report;
                     }
                     changed
                 });
@@ -224,12 +235,34 @@ impl App {
             snapshot_tx,
             drain.clone(),
         )));
+        let settings = provision::Settings {
+            root_cert_pem: ca.root_pem().to_string(),
+            ..config.waypoint_settings()
+        };
+        let (status_sink, provision_sink) = match &source {
+            Source::Dir { source, .. } => (
+                StatusSink::Dir(source.clone()),
+                ProvisionSink::Dir(source.root().to_path_buf()),
+            ),
+            Source::Kube(source) => {
+                let client = provision_client.expect("built for the kube source");
+                (
+                    StatusSink::Kube(
+                        source.clone(),
+                        Box::new(KubeProvisioner::new(client.clone(), settings.clone())),
+                    ),
+                    ProvisionSink::Kube(Box::new(KubeProvisioner::new(client, settings))),
+                )
+            }
+        };
         tasks.push(tokio::spawn(write_status(
-            match &source {
-                Source::Dir { source, .. } => StatusSink::Dir(source.clone()),
-                Source::Kube(source) => StatusSink::Kube(source.clone()),
-            },
+            status_sink,
             conditions_rx,
+            drain.clone(),
+        )));
+        tasks.push(tokio::spawn(provision_waypoints(
+            provision_sink,
+            registry.subscribe(),
             drain.clone(),
         )));
 
@@ -383,13 +416,68 @@ pub fn snapshot_of(translation: &translate::Translation) -> Snapshot {
 
 enum StatusSink {
     Dir(DirSource),
-    Kube(Arc<KubeSource>),
+    Kube(Arc<KubeSource>, Box<KubeProvisioner>),
 }
 
-/// Writes conditions back whenever translation's conditions change.
+enum ProvisionSink {
+    Dir(PathBuf),
+    Kube(Box<KubeProvisioner>),
+}
+
+/// How long a failed Kubernetes write waits before it is tried again when
+/// nothing else changes.
+const PROVISION_RETRY: Duration = Duration::from_secs(5);
+
+/// Keeps the waypoints' objects in step with the waypoint Gateways: the
+/// generated file in directory mode, server-side apply on Kubernetes.
+async fn provision_waypoints(
+    mut sink: ProvisionSink,
+    mut stores: watch::Receiver<Arc<Store>>,
+    drain: DrainWatcher,
+) {
+    loop {
+        let store = stores.borrow_and_update().clone();
+        let failed = match &mut sink {
+            ProvisionSink::Dir(dir) => {
+                let dir = dir.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    provision::dir::write(&dir, &provision::dir::render(&store))
+                })
+                .await;
+                match written {
+                    Ok(Ok(true)) => {
+                        tracing::info!(file = provision::dir::GENERATED_FILE, "waypoints written");
+                        false
+                    }
+                    Ok(Ok(false)) => false,
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "waypoint provisioning");
+                        true
+                    }
+                    Err(_) => true,
+                }
+            }
+            ProvisionSink::Kube(provisioner) => provisioner.apply(&store).await.is_err(),
+        };
+        let retry = async {
+            if failed {
+                tokio::time::sleep(PROVISION_RETRY).await
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            changed = stores.changed() => if changed.is_err() { return },
+            _ = retry => {}
+            _ = drain.draining() => return,
+        }
+    }
+}
+
+/// Writes conditions (and Gateway addresses) back whenever they change.
 async fn write_status(
-    sink: StatusSink,
-    mut conditions: watch::Receiver<Vec<ObjectCondition>>,
+    mut sink: StatusSink,
+    mut conditions: watch::Receiver<ProvisionStatus>,
     drain: DrainWatcher,
 ) {
     loop {
@@ -398,18 +486,23 @@ async fn write_status(
             _ = drain.draining() => return,
         }
         let current = conditions.borrow_and_update().clone();
-        match &sink {
+        match &mut sink {
             StatusSink::Dir(source) => {
                 let source = source.clone();
-                let written =
-                    tokio::task::spawn_blocking(move || source.write_status(&current)).await;
+                let written = tokio::task::spawn_blocking(move || {
+                    source.write_status_with_addresses(&current.conditions, &current.addresses)
+                })
+                .await;
                 if let Ok(Err(error)) = written {
                     tracing::warn!(%error, "writing status files");
                 }
             }
-            StatusSink::Kube(writer) => {
-                if let Err(error) = writer.write_status(&current).await {
+            StatusSink::Kube(writer, addresses) => {
+                if let Err(error) = writer.write_status(&current.conditions).await {
                     tracing::warn!(%error, "writing status");
+                }
+                if let Err(error) = addresses.write_addresses(&current.addresses).await {
+                    tracing::warn!(%error, "writing Gateway addresses");
                 }
             }
         }

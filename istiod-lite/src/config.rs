@@ -104,6 +104,19 @@ pub struct Config {
     )]
     pub trusted_node_accounts: Vec<String>,
 
+    /// Container image of provisioned waypoint Deployments (Kubernetes source).
+    #[arg(long, env = "ISTIOD_WAYPOINT_IMAGE", default_value_t = crate::provision::default_image())]
+    pub waypoint_image: String,
+
+    /// The xDS and CA address provisioned waypoints are given (Kubernetes
+    /// source; the local cluster's pod runner sets its own).
+    #[arg(
+        long,
+        env = "ISTIOD_WAYPOINT_XDS_ADDRESS",
+        default_value = "https://istiod.istio-system.svc:15012"
+    )]
+    pub waypoint_xds_address: String,
+
     /// Quiet time after a change before a push.
     #[arg(long, env = "ISTIOD_DEBOUNCE", default_value = "10ms", value_parser = duration)]
     pub debounce: Duration,
@@ -151,6 +164,21 @@ impl Config {
             root_namespace: self.root_namespace.clone(),
             cluster_domain: self.cluster_domain.clone(),
             ..MeshConfig::default()
+        }
+    }
+
+    /// What provisioned waypoints are given.
+    pub fn waypoint_settings(&self) -> crate::provision::Settings {
+        crate::provision::Settings {
+            image: self.waypoint_image.clone(),
+            xds_address: self.waypoint_xds_address.clone(),
+            xds_server_name: self
+                .serving_names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "istiod.istio-system.svc".into()),
+            trust_domain: self.trust_domain.clone(),
+            ..crate::provision::Settings::default()
         }
     }
 

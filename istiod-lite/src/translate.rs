@@ -29,11 +29,11 @@
 mod authorization;
 mod incremental;
 mod l7;
-mod labels;
+pub(crate) mod labels;
 mod peer_authentication;
 mod service;
 mod service_entry;
-mod waypoint;
+pub(crate) mod waypoint;
 mod workload;
 
 #[cfg(test)]

@@ -225,6 +225,14 @@ pub struct ObjectCondition {
     pub message: String,
 }
 
+/// One entry of a Gateway's `status.addresses` (Gateway API
+/// `GatewayStatusAddress`): `type` `IPAddress` or `Hostname`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StatusAddress {
+    pub type_: String,
+    pub value: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,8 @@
 //! chunked stream of newline-delimited JSON events replayed from a history,
 //! with bookmarks; 410 Gone as an `ERROR` event when a watch asks for a
 //! version older than the kept history (or on command); 404 for kinds not
-//! installed; merge patches on the status subresource, recorded.
+//! installed; merge patches (objects and the status subresource) and
+//! server-side apply patches (creating missing objects), recorded.
 //!
 //! Plain HTTP on loopback: what is under test is the watch protocol, not TLS.
 

@@ -192,6 +192,34 @@ pub fn install_script(family: Family, options: &RuleOptions, current: &Saved) ->
     out
 }
 
+/// The input that stops redirecting new connections and nothing else: the
+/// jumps into our `nat` chains go, the chains themselves stay. A REDIRECT
+/// rule is what keeps connection tracking on in the netns (the kernel turns
+/// it off with the last rule that needs it), and with it the address
+/// translation of connections redirected earlier: while the rule exists,
+/// ztunnel's packets on those connections still reach the app as coming
+/// from the address the app dialled. The `mangle` rules and the policy route
+/// stay too: they carry the app's replies on connections ztunnel made into
+/// the pod back to ztunnel. `removal_script` takes the rest once ztunnel has
+/// closed the pod's connections. `None` when no jump is there.
+pub fn stop_script(current: &Saved) -> Option<String> {
+    let jumps: Vec<_> = JUMPS
+        .iter()
+        .filter(|j| j.table == "nat" && current.has_jump(j))
+        .collect();
+    if jumps.is_empty() {
+        return None;
+    }
+    let mut out = String::from("*nat\n");
+    for jump in jumps {
+        for _ in 0..current.jump_count(jump) {
+            let _ = writeln!(out, "-D {} -j {}", jump.from, jump.to);
+        }
+    }
+    out.push_str("COMMIT\n");
+    Some(out)
+}
+
 /// The input that removes exactly our jumps and chains; `None` when there
 /// is nothing of ours to remove.
 pub fn removal_script(current: &Saved) -> Option<String> {

@@ -279,6 +279,14 @@ impl Handler for ConnectionHandler {
         let source = discovery.workload_at(source_ip).cloned();
         drop(discovery);
         let declared = declared_protocol(&proxy, &destination);
+        if declared == Some(Protocol::Tcp) {
+            let client_ip = forwarded.for_ip.unwrap_or(self.caller.peer.ip());
+            if tcp::authorize(&proxy, &self.caller, &destination, client_ip).is_err() {
+                // A declared TCP port is decided before the tunnel opens.
+                request.refuse(StatusCode::FORBIDDEN);
+                return;
+            }
+        }
         let tunnel = match request.accept(HeaderMap::new()) {
             Ok(t) => t,
             Err(error) => {

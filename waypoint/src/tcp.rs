@@ -5,29 +5,33 @@ use std::sync::Arc;
 
 use crate::authz::{self, Decision, RequestAttrs};
 use crate::discovery::Endpoint;
-use crate::listener::{Destination, StreamContext};
+use std::net::IpAddr;
+
+use crate::listener::{Caller, Destination, StreamContext};
 use crate::metrics::{DenialLabels, Parties, Rejection, TcpLabels};
+use crate::proxy::Proxy;
 use crate::stream_io::StreamIo;
 
 /// L4 authorization of an opaque stream: the Gateway's policies and the
-/// service's, with no request attributes.
-fn authorize(ctx: &StreamContext) -> Result<(), String> {
-    let snapshot = ctx.proxy.config.load();
+/// service's, with no request attributes. `Err` names the deciding policy.
+pub fn authorize(
+    proxy: &Proxy,
+    caller: &Caller,
+    destination: &Destination,
+    client_ip: IpAddr,
+) -> Result<(), String> {
+    let snapshot = proxy.config.load();
     let Some(snapshot) = snapshot.as_ref() else {
         return Ok(());
     };
-    let service = match &ctx.destination {
+    let service = match destination {
         Destination::Service(s, _) => snapshot.service_by_host(&s.hostname),
         Destination::Workload(..) => None,
     };
-    let (destination_ip, destination_port) = ctx.destination.addr();
+    let (destination_ip, destination_port) = destination.addr();
     let attrs = RequestAttrs {
-        source_principal: ctx
-            .caller
-            .identity
-            .as_ref()
-            .map(|_| ctx.caller.uri.as_str()),
-        source_ip: ctx.client_ip(),
+        source_principal: caller.identity.as_ref().map(|_| caller.uri.as_str()),
+        source_ip: client_ip,
         destination_ip,
         destination_port,
         request: None,
@@ -38,23 +42,28 @@ fn authorize(ctx: &StreamContext) -> Result<(), String> {
         &attrs,
     ) {
         Decision::Allow { .. } => Ok(()),
-        Decision::Deny { policy, .. } => Err(policy.to_string()),
+        Decision::Deny { policy, .. } => {
+            let policy = policy.to_string();
+            proxy.metrics.reject(Rejection::authz_denied);
+            proxy
+                .metrics
+                .denied
+                .get_or_create(&DenialLabels {
+                    policy: policy.clone(),
+                })
+                .inc();
+            tracing::debug!(%policy, caller = %caller.uri, "opaque TCP stream denied");
+            Err(policy)
+        }
     }
 }
 
 pub async fn serve(mut downstream: StreamIo, ctx: Arc<StreamContext>) {
     let proxy = &ctx.proxy;
-    if let Err(policy) = authorize(&ctx) {
-        proxy.metrics.reject(Rejection::authz_denied);
-        proxy
-            .metrics
-            .denied
-            .get_or_create(&DenialLabels {
-                policy: policy.clone(),
-            })
-            .inc();
-        tracing::debug!(%policy, caller = %ctx.caller.uri, "opaque TCP stream denied");
-        downstream.reset(h2::Reason::REFUSED_STREAM);
+    // A detected stream was accepted before its protocol was known: a
+    // denial resets it (CONNECT_ERROR, not REFUSED_STREAM: it was seen).
+    if authorize(proxy, &ctx.caller, &ctx.destination, ctx.client_ip()).is_err() {
+        downstream.reset(h2::Reason::CONNECT_ERROR);
         return;
     }
     let (endpoint, service) = match &ctx.destination {

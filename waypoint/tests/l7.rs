@@ -401,3 +401,42 @@ async fn faults_abort_and_mirrors_get_a_copy() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_is_authorized_at_l4() -> Result<()> {
+    let mut mesh = Mesh::start(|_| {}).await?;
+    mesh.destination(1, "db-0").await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let echo = mesh_testkit::EchoServer::start(listener);
+    let vip = mesh
+        .service("db", 100, 5432, &[("db-0", 1, echo.addr.port())])
+        .await?;
+    let mut svc = svc_config(&mesh, "db", 100, 5432);
+    svc.ports[0].protocol = wp::Protocol::Tcp as i32;
+    svc.policies.push(wp::Policy {
+        namespace: NS.into(),
+        name: "only-admin".into(),
+        action: wp::policy::Action::Allow as i32,
+        rules: vec![wp::PolicyRule {
+            from: vec![wp::Source {
+                principals: vec!["cluster.local/ns/default/sa/admin".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        dry_run: false,
+    });
+    mesh.push_waypoint(waypoint(vec![svc])).await?;
+    // A declared TCP port: the tunnel itself is refused.
+    match mesh.connect(vip).await {
+        Err(mesh_core::hbone::HboneError::Refused { status, .. }) => assert_eq!(status, 403),
+        other => panic!("expected a 403 refusal, got {other:?}"),
+    }
+    assert_eq!(echo.accepted(), 0);
+    let metrics = mesh.metrics().await?;
+    assert!(
+        metrics.contains("waypoint_authz_denied_total{policy=\"default/only-admin\"} 1"),
+        "{metrics}"
+    );
+    Ok(())
+}

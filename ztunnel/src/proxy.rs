@@ -95,7 +95,11 @@ impl Proxy {
     }
 }
 
-/// Runs an accept loop until drain starts; each connection gets a drain watcher.
+/// Runs an accept loop until drain starts; each connection gets a drain
+/// watcher. When the drain starts, the connections the kernel has already
+/// queued are taken too and served under the drain like the others: closing
+/// the listener with them queued would reset connections whose handshake
+/// the client has already seen complete.
 pub async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
@@ -105,28 +109,60 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(tokio::net::TcpStream, SocketAddr, DrainWatcher) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let serve = |stream: tokio::net::TcpStream, peer: SocketAddr| {
+        crate::capture::tune(&stream);
+        tokio::spawn(handle(
+            stream,
+            crate::capture::canonical(peer),
+            drain.clone(),
+        ));
+    };
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = drain.draining() => {
-                tracing::info!(listener = name, "stopped accepting");
+                let mut queued = 0;
+                while let Some((stream, peer)) = take_queued(&listener, name) {
+                    serve(stream, peer);
+                    queued += 1;
+                }
+                tracing::info!(listener = name, queued, "stopped accepting");
                 return;
             }
         };
         match accepted {
-            Ok((stream, peer)) => {
-                crate::capture::tune(&stream);
-                tokio::spawn(handle(
-                    stream,
-                    crate::capture::canonical(peer),
-                    drain.clone(),
-                ));
-            }
+            Ok((stream, peer)) => serve(stream, peer),
             Err(error) => {
                 // Out of file descriptors and similar: back off instead of spinning.
                 tracing::warn!(listener = name, %error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// One connection from the listener's queue without waiting (the listener
+/// is non-blocking); `None` once the queue is empty or on an error.
+fn take_queued(
+    listener: &TcpListener,
+    name: &'static str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    let taken = socket2::SockRef::from(listener)
+        .accept()
+        .and_then(|(socket, peer)| {
+            socket.set_nonblocking(true)?;
+            let stream = tokio::net::TcpStream::from_std(socket.into())?;
+            let peer = peer
+                .as_socket()
+                .ok_or_else(|| std::io::Error::other("a TCP peer without an IP address"))?;
+            Ok((stream, peer))
+        });
+    match taken {
+        Ok(connection) => Some(connection),
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(error) => {
+            tracing::warn!(listener = name, %error, "taking a queued connection failed");
+            None
         }
     }
 }

@@ -111,7 +111,8 @@ async fn pods_talk_over_hbone_from_the_snapshot_and_a_deleted_pod_goes_alone() -
         "{pods:?}"
     );
 
-    // Deleting A closes A's connections and listeners at once...
+    // Deleting A closes A's listeners and, by the Ack, its connections (an
+    // idle one once the release deadline has passed)...
     ensure!(conn.del(&a.uid).await?.is_empty());
     closed(&mut ab).await?;
     ensure!(
@@ -629,6 +630,56 @@ services:
         seen.peer_identity
     );
     drop(ab);
+    zt.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_pods_open_connections_are_served_until_the_deadline_and_closed_before_the_ack()
+-> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let (mut a, mut b) = (Pod::new("release-a")?, Pod::new("release-b")?);
+    link(&mut a, &mut b, "10.77.5")?;
+    for p in [&a, &b] {
+        p.enrol(dir.path())?;
+    }
+    let _app_b = EchoApp::start(&b)?;
+    let agent = NodeAgent::bind(dir.path().join("zds.sock"))?;
+    let zt = Ztunnel::start(config(dir.path(), &agent.path, &workload_yaml(&b))?).await?;
+    let conn = agent.accept().await?;
+    conn.snapshot(&[&a, &b]).await?;
+    until_ready(&zt).await?;
+    let mut ab = a.connect(b.ips[0]).await?;
+    roundtrip(&mut ab, b"before").await?;
+
+    // While ztunnel releases A, its listeners are gone but the connection it
+    // holds is still served: the node agent has stopped redirecting new
+    // connections by then, and this one ends properly rather than hangs.
+    let started = std::time::Instant::now();
+    let (ack, during) = tokio::join!(conn.del(&a.uid), async {
+        eventually("A's outbound listener closed", PATIENCE, || async {
+            ensure!(listeners_on(&a, 15001)? == 0, "still listening");
+            Ok(())
+        })
+        .await?;
+        roundtrip(&mut ab, b"during the release").await?;
+        Ok::<_, anyhow::Error>(started.elapsed())
+    });
+    let during = during?;
+    ensure!(ack?.is_empty(), "Del NACKed");
+    let acked = started.elapsed();
+    ensure!(
+        during < Duration::from_secs(1),
+        "served only after {during:?}"
+    );
+    // The Ack comes once the idle connection was closed at the deadline.
+    ensure!(
+        acked >= Duration::from_secs(1) && acked < Duration::from_secs(4),
+        "acked after {acked:?}"
+    );
+    closed(&mut ab).await?;
     zt.stop().await?;
     Ok(())
 }

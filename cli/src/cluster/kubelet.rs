@@ -16,6 +16,7 @@ use super::cni::{self, Call};
 use super::journal::{Journal, Record, Role};
 use super::network::{self, NetworkError, netns_path};
 use super::plan::{self, Plan, PlanOptions, PodPlan};
+
 use super::pod_status::{self, Phase, PodState};
 use super::process::{self, Launch};
 use super::services;
@@ -274,6 +275,14 @@ fn start_pod(
     bin_dir: &Path,
     journal: &Journal,
 ) -> Result<(std::net::Ipv4Addr, serde_json::Value, process::Started), String> {
+    // A waypoint pod runs `waypoint` from the binaries' directory; say so
+    // plainly (and before the network is set up) when it is not there.
+    if super::pod_env::is_waypoint(pod) && !bin_dir.join("waypoint").is_file() {
+        return Err(format!(
+            "the waypoint binary is not in {}: build it (`cargo build -p waypoint --bins`) or point AMBIT_BIN_DIR at it",
+            bin_dir.display()
+        ));
+    }
     if !network::netns_exists(&pod.netns) {
         network::add_netns(journal, &pod.netns).map_err(|e: NetworkError| e.to_string())?;
     }
@@ -307,7 +316,7 @@ fn start_pod(
         .into_iter()
         .next()
         .ok_or_else(|| format!("the CNI result has no IPv4 address: {result}"))?;
-    let mut env = pod.env.clone();
+    let mut env = super::pod_env::runtime_env(plan, pod, ip);
     env.push((
         "PATH".into(),
         format!(

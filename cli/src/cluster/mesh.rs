@@ -25,7 +25,7 @@ pub const AGENT_ADMIN: &str = "127.0.0.1:15031";
 pub const ZTUNNEL_ADMIN: &str = "127.0.0.1:15000";
 pub const ZTUNNEL_READINESS: &str = "127.0.0.1:15021";
 /// The name on istiod-lite's serving certificate that clients check.
-const ISTIOD_SERVER_NAME: &str = "istiod.istio-system.svc";
+pub const ISTIOD_SERVER_NAME: &str = "istiod.istio-system.svc";
 const START_PATIENCE: Duration = Duration::from_secs(60);
 
 pub fn istiod_state_dir(plan: &Plan) -> PathBuf {
@@ -127,11 +127,16 @@ fn write_token(plan: &Plan, node: &NodePlan) -> Result<PathBuf, UpError> {
         path: tokens_path.clone(),
         reason: format!("no token for node {}", node.name),
     })?;
-    let path = node.dir.join("token");
+    let path = token_path(node);
     fs::write(&path, token).map_err(|e| UpError::file(&path, e))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
         .map_err(|e| UpError::file(&path, e))?;
     Ok(path)
+}
+
+/// Where the node's istiod-lite token is kept (root only).
+pub fn token_path(node: &NodePlan) -> PathBuf {
+    node.dir.join("token")
 }
 
 /// The ztunnel's config for `node` (docs/ztunnel-config.md).

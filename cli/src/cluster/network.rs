@@ -145,6 +145,18 @@ pub fn create_node(plan: &Plan, node: &NodePlan, journal: &Journal) -> Result<()
             ],
         )?;
     }
+    // istiod-lite (in the fabric namespace) answers pods that call it
+    // themselves, as provisioned waypoints do for xDS and certificates.
+    ip(
+        &fabric.netns,
+        &[
+            "route",
+            "add",
+            &node.pod_cidr.to_string(),
+            "via",
+            &node.address.addr().to_string(),
+        ],
+    )?;
     // The node forwards between its pods' bridge and the fabric.
     run(
         "ip",

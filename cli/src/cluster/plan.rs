@@ -364,6 +364,13 @@ fn plan_pod(pod: &Pod, cluster: &str, nodes: &[NodePlan]) -> Result<PodPlan, Pla
         ("POD_NAMESPACE".to_string(), namespace.clone()),
         ("POD_UID".to_string(), uid.clone()),
         ("NODE_NAME".to_string(), node.clone()),
+        (
+            "SERVICE_ACCOUNT".to_string(),
+            spec.service_account_name
+                .clone()
+                .filter(|sa| !sa.is_empty())
+                .unwrap_or_else(|| "default".into()),
+        ),
     ];
     for (index, var) in container.env.iter().flatten().enumerate() {
         if var.value_from.is_some() {

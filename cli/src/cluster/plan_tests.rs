@@ -107,6 +107,7 @@ fn a_pod_runs_its_first_container_command_and_args_with_downward_env() {
             "POD_NAME=web".to_string(),
             "POD_NAMESPACE=apps".into(),
             format!("POD_UID={}", web.uid),
+            "SERVICE_ACCOUNT=default".into(),
             "NODE_NAME=mine".into(),
             "X=y".into()
         ]

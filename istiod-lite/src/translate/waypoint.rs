@@ -165,7 +165,7 @@ impl Waypoints {
             conditions.insert(condition(
                 source.kind,
                 source.key,
-                "WaypointBound",
+                crate::provision::status::WAYPOINT_BOUND,
                 false,
                 "WaypointNotFound",
                 format!(
@@ -185,7 +185,7 @@ impl Waypoints {
             conditions.insert(condition(
                 source.kind,
                 source.key,
-                "WaypointBound",
+                crate::provision::status::WAYPOINT_BOUND,
                 false,
                 "WaypointNotForThisKind",
                 format!(

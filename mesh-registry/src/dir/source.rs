@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::Registry;
-use crate::model::ObjectCondition;
+use crate::model::{ObjectCondition, ObjectKey, StatusAddress};
 
 use super::DirError;
 use super::index::FileIndex;
 use super::overlay::parse_status_file;
 use super::parse::{DocumentError, DocumentProblem, parse_file};
 use super::scan::{find_source_files, is_source_path, is_status_path};
-use super::status::{TransitionTimes, render_status, status_path};
+use super::status::{TransitionTimes, render_status_with_addresses, status_path};
 
 #[derive(Debug, Default)]
 struct State {
@@ -152,6 +152,16 @@ impl DirSource {
     /// whose objects no longer have any (also ones left by an earlier run).
     /// Conditions of objects no file defines are ignored.
     pub fn write_status(&self, conditions: &[ObjectCondition]) -> Result<(), DirError> {
+        self.write_status_with_addresses(conditions, &BTreeMap::new())
+    }
+
+    /// `write_status`, with `status.addresses` for the objects that have
+    /// them (waypoint Gateways).
+    pub fn write_status_with_addresses(
+        &self,
+        conditions: &[ObjectCondition],
+        addresses: &BTreeMap<ObjectKey, Vec<StatusAddress>>,
+    ) -> Result<(), DirError> {
         let mut state = self.lock();
         let timed = state.times.update(conditions, &crate::now_rfc3339());
         let mut by_file: BTreeMap<PathBuf, Vec<(ObjectCondition, String)>> = BTreeMap::new();
@@ -168,7 +178,7 @@ impl DirSource {
         }
         let mut written = BTreeSet::new();
         for (path, entries) in &by_file {
-            write_if_changed(path, &render_status(entries))?;
+            write_if_changed(path, &render_status_with_addresses(entries, addresses))?;
             written.insert(path.clone());
         }
         // Status files of an earlier run are ours too: any beside a source.

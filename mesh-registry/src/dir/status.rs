@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::model::{ObjectCondition, ObjectKey};
+use crate::model::{ObjectCondition, ObjectKey, StatusAddress};
 
 const STATUS_SUFFIXES: [&str; 2] = [".status.yaml", ".status.yml"];
 
@@ -61,7 +61,12 @@ impl TransitionTimes {
 
 /// The text of one status file: a document per object, objects and their
 /// conditions in a stable order so equal status gives equal bytes.
-pub fn render_status(conditions: &[(ObjectCondition, String)]) -> String {
+/// `status.addresses` goes beside the conditions for the objects that have
+/// them (a waypoint Gateway's). An object with addresses but no conditions is left out.
+pub fn render_status_with_addresses(
+    conditions: &[(ObjectCondition, String)],
+    addresses: &BTreeMap<ObjectKey, Vec<StatusAddress>>,
+) -> String {
     let mut by_object: BTreeMap<&ObjectKey, Vec<&(ObjectCondition, String)>> = BTreeMap::new();
     for entry in conditions {
         by_object.entry(&entry.0.object).or_default().push(entry);
@@ -89,11 +94,18 @@ pub fn render_status(conditions: &[(ObjectCondition, String)]) -> String {
                 })
             })
             .collect();
+        let mut status = json!({"conditions": conditions});
+        if let Some(addresses) = addresses.get(key).filter(|a| !a.is_empty()) {
+            status["addresses"] = addresses
+                .iter()
+                .map(|a| json!({"type": a.type_, "value": a.value}))
+                .collect();
+        }
         let document = json!({
             "apiVersion": key.kind.api_version(),
             "kind": key.kind.name(),
             "metadata": metadata,
-            "status": {"conditions": conditions},
+            "status": status,
         });
         text.push_str("---\n");
         // A JSON value always serializes to YAML.
@@ -137,13 +149,39 @@ mod tests {
 
     #[test]
     fn renders_one_document_per_object_in_a_stable_order() {
-        let text = render_status(&[
-            (condition("b", "Accepted", true), "t1".into()),
-            (condition("a", "PartiallyEnforced", false), "t2".into()),
-            (condition("a", "Accepted", true), "t3".into()),
-        ]);
+        let text = render_status_with_addresses(
+            &[
+                (condition("b", "Accepted", true), "t1".into()),
+                (condition("a", "PartiallyEnforced", false), "t2".into()),
+                (condition("a", "Accepted", true), "t3".into()),
+            ],
+            &BTreeMap::new(),
+        );
         let expected = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: a\n  namespace: ns1\nstatus:\n  conditions:\n  - lastTransitionTime: t3\n    message: plain words\n    reason: Because\n    status: 'True'\n    type: Accepted\n  - lastTransitionTime: t2\n    message: plain words\n    reason: Because\n    status: 'False'\n    type: PartiallyEnforced\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: b\n  namespace: ns1\nstatus:\n  conditions:\n  - lastTransitionTime: t1\n    message: plain words\n    reason: Because\n    status: 'True'\n    type: Accepted\n";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn addresses_go_beside_the_conditions() {
+        let mut addresses = BTreeMap::new();
+        addresses.insert(
+            condition("a", "Accepted", true).object,
+            vec![StatusAddress {
+                type_: "IPAddress".into(),
+                value: "10.96.255.7".into(),
+            }],
+        );
+        let text = render_status_with_addresses(
+            &[(condition("a", "Accepted", true), "t1".into())],
+            &addresses,
+        );
+        let doc: serde_json::Value =
+            serde_yaml::from_str(text.trim_start_matches("---\n")).unwrap();
+        assert_eq!(
+            doc["status"]["addresses"],
+            json!([{"type": "IPAddress", "value": "10.96.255.7"}])
+        );
+        assert_eq!(doc["status"]["conditions"][0]["type"], "Accepted");
     }
 
     #[test]

@@ -250,7 +250,8 @@ fn patch(
     content_type: &str,
     body: &Value,
 ) -> Response<Body> {
-    if content_type != "application/merge-patch+json" {
+    let server_side_apply = content_type.starts_with("application/apply-patch+yaml");
+    if content_type != "application/merge-patch+json" && !server_side_apply {
         return status_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
@@ -262,7 +263,23 @@ fn patch(
         return status_response(StatusCode::NOT_FOUND, "NotFound", "no such resource");
     };
     let key = (target.namespace.clone().unwrap_or_default(), name.clone());
-    let Some(mut object) = collection.objects.get(&key).cloned() else {
+    let existing = collection.objects.get(&key).cloned();
+    // Server-side apply creates a missing object. Field ownership is not
+    // modelled: the applied configuration is merged over what is stored.
+    let existing = match existing {
+        None if server_side_apply && !target.status => {
+            let mut created = json!({"metadata": {
+                "name": name,
+                "uid": format!("uid-{}-{}", key.0, key.1),
+            }});
+            if let Some(namespace) = &target.namespace {
+                created["metadata"]["namespace"] = json!(namespace);
+            }
+            Some(created)
+        }
+        other => other,
+    };
+    let Some(mut object) = existing else {
         return status_response(
             StatusCode::NOT_FOUND,
             "NotFound",

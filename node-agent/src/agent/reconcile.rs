@@ -179,18 +179,26 @@ impl Agent {
             // Out of the table's enrolled set first, so a ztunnel connecting
             // meanwhile is not offered the pod in its snapshot.
             self.set_enrolled(uid, false);
-            // Rules out before ztunnel lets the pod go, so the app's new
-            // connections go direct rather than to listeners being closed.
-            if let Err(error) = redirector.remove(&held).await {
+            // Three steps (docs/node-agent.md, "Leaving the mesh"): new
+            // connections stop being redirected, so they go direct rather
+            // than to listeners being closed; ztunnel finishes or resets the
+            // connections it has while their address translation still
+            // holds; only then the rest of the rules go, which ends that
+            // translation.
+            let removed = async {
+                if record.enrolled {
+                    redirector.stop_redirecting(&held).await?;
+                    self.inner.zds.del(uid).await;
+                }
+                redirector.remove(&held).await
+            };
+            if let Err(error) = removed.await {
                 tracing::warn!(%error, pod = %pod_name, "removing rules failed; retrying later");
                 self.inner.metrics.operation("unenrol", Err("rules"));
                 // Still counted as enrolled, so the resync tries again.
                 self.set_enrolled(uid, true);
                 self.set_error(uid, Some(error.to_string()));
                 return false;
-            }
-            if record.enrolled {
-                self.inner.zds.del(uid).await;
             }
             let mut record = record;
             let changed = record.enrolled;

@@ -13,7 +13,7 @@ use tokio::process::Command;
 
 use super::{
     Family, ROUTE_MARK, ROUTE_TABLE, RULE_PREF, RuleOptions, Saved, any_installed, install_script,
-    is_installed, removal_script,
+    is_installed, removal_script, stop_script,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,23 @@ impl Redirector {
             self.run(netns, family.restore_tool(), &["--noflush"], Some(&script))
                 .await?;
             self.add_route(netns, family).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops redirecting the pod's new connections for both families while
+    /// connections redirected earlier keep their address translation (see
+    /// `stop_script`); `remove` finishes the job.
+    pub async fn stop_redirecting(&self, netns: &Path) -> Result<(), RedirectError> {
+        for family in [Family::V4, Family::V6] {
+            if !tool_exists(family.restore_tool()) {
+                continue;
+            }
+            let current = self.saved(netns, family).await?;
+            if let Some(script) = stop_script(&current) {
+                self.run(netns, family.restore_tool(), &["--noflush"], Some(&script))
+                    .await?;
+            }
         }
         Ok(())
     }

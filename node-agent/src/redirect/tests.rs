@@ -125,6 +125,37 @@ COMMIT
 }
 
 #[test]
+fn stopping_deletes_only_the_nat_jumps() {
+    let saved = Saved::parse(SAVED);
+    let script = stop_script(&saved).unwrap();
+    assert_eq!(
+        script,
+        "*nat\n-D OUTPUT -j ISTIO_OUTPUT\n-D PREROUTING -j ISTIO_PRERT\nCOMMIT\n"
+    );
+    // After it, the chains (with their REDIRECTs) and the mangle jumps are
+    // still there for the removal to take.
+    let (mangle, nat) = SAVED.split_once("*nat").unwrap();
+    let nat = nat
+        .replace("-A PREROUTING -j ISTIO_PRERT\n", "")
+        .replace("-A OUTPUT -j ISTIO_OUTPUT\n", "");
+    let stopped = Saved::parse(&format!("{mangle}*nat{nat}"));
+    assert_eq!(stop_script(&stopped), None);
+    assert!(any_installed(&stopped));
+    let rest = removal_script(&stopped).unwrap();
+    assert!(
+        rest.contains("-D PREROUTING -j ISTIO_PRERT\n-D OUTPUT -j ISTIO_OUTPUT"),
+        "{rest}"
+    );
+    assert!(
+        rest.contains(
+            "*nat\n-F ISTIO_PRERT\n-F ISTIO_OUTPUT\n-X ISTIO_PRERT\n-X ISTIO_OUTPUT\nCOMMIT\n"
+        ),
+        "{rest}"
+    );
+    assert_eq!(stop_script(&Saved::default()), None);
+}
+
+#[test]
 fn a_half_installed_set_is_not_installed_but_is_removable() {
     let partial =
         "*nat\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n";

@@ -15,7 +15,7 @@ use mesh_core::netns::Netns;
 use mesh_core::xds::Backoff;
 use mesh_core::zds::{ZdsError, ZdsSocket};
 
-use super::pods::{Pods, RETRY_PENDING};
+use super::pods::{Pods, RELEASE_DEADLINE, RETRY_PENDING};
 use super::session::{Session, Step};
 use crate::app::Shutdown;
 use crate::metrics::Metrics;
@@ -149,7 +149,7 @@ impl ZdsClient {
                 },
                 Step::Nothing => None,
                 Step::Remove { uid } => {
-                    self.pods.remove(&uid);
+                    self.pods.release(&uid, RELEASE_DEADLINE).await;
                     None
                 }
                 Step::Reconcile { keep } => {

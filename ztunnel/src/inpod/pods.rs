@@ -16,6 +16,12 @@ use super::pod::{self, PodContext, RunningPod};
 /// How often pods whose proxy failed to start are tried again (spec 5).
 pub const RETRY_PENDING: Duration = Duration::from_secs(5);
 
+/// How long a pod leaving the mesh (ZDS Del) has to finish the connections
+/// its proxy holds before they are reset. Short: the node agent waits for
+/// the Ack (within its 5 s message deadline) before it removes the pod's
+/// rules; long enough for calls in flight, which take milliseconds.
+pub const RELEASE_DEADLINE: Duration = Duration::from_secs(1);
+
 const NOT_SYNCED: &str = "ZDS snapshot";
 const PODS_PENDING: &str = "pods pending";
 
@@ -122,18 +128,39 @@ impl Pods {
 
     /// Stops a pod's proxy at once: listeners closed, connections reset.
     pub fn remove(&mut self, uid: &str) {
-        if let Some(pod) = self.running.remove(uid) {
-            tracing::info!(%uid, pod = %pod::pod_name(&pod.info), "pod removed; closing its proxy");
-            self.ctx.metrics.pods_stopped.inc();
-            let identity = pod.identity.clone();
+        if let Some(pod) = self.take(uid) {
             self.stopping.spawn(async move {
                 pod.drain(Duration::ZERO).await;
             });
-            self.forget_unused(&identity);
+        }
+    }
+
+    /// Takes a pod out of the mesh at the node agent's request (ZDS Del):
+    /// its listeners stop, the connections they had queued and those already
+    /// open are served for up to `deadline`, then whatever is left is reset.
+    /// Returns once the proxy has let go of all of them, so the agent's Ack
+    /// means "nothing of the pod is open any more": the agent has stopped
+    /// redirecting the pod's new connections and removes the rest of its
+    /// rules only then (docs/node-agent.md, "Leaving the mesh").
+    pub async fn release(&mut self, uid: &str, deadline: Duration) {
+        if let Some(pod) = self.take(uid) {
+            let outcome = pod.drain(deadline).await;
+            tracing::info!(%uid, ?outcome, "pod proxy closed");
+        }
+    }
+
+    /// Out of the running and pending sets, the view and the metrics.
+    fn take(&mut self, uid: &str) -> Option<RunningPod> {
+        let running = self.running.remove(uid);
+        if let Some(pod) = &running {
+            tracing::info!(%uid, pod = %pod::pod_name(&pod.info), "pod removed; closing its proxy");
+            self.ctx.metrics.pods_stopped.inc();
+            self.forget_unused(&pod.identity);
         }
         self.pending.remove(uid);
         lock(&self.view.0).remove(uid);
         self.publish();
+        running
     }
 
     /// After a snapshot: every pod it did not name goes.

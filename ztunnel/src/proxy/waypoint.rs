@@ -73,6 +73,16 @@ fn waypoint_service<'a>(
         })
 }
 
+/// The waypoint Service whose VIP `address` is, when the address form names
+/// a Service rather than a pod (istiod sends the VIP of a waypoint Service
+/// that has one).
+fn vip_service(state: &State, address: IpAddr) -> Option<&Arc<Service>> {
+    if state.workload_by_ip(address).is_some() {
+        return None;
+    }
+    state.service_by_vip(address, "")
+}
+
 /// Resolves `gw` to one waypoint pod (spec 9.3 step 1). `like` picks the
 /// address family. Never falls back to going around the waypoint: a waypoint
 /// that cannot be reached is an error.
@@ -83,52 +93,62 @@ pub fn resolve(
     rng: &mut impl Rng,
 ) -> Result<Hop, WaypointError> {
     let port = gw.hbone_mtls_port;
-    match &gw.destination {
-        GatewayDestination::Address { address, .. } => {
-            let workload = state.workload_by_ip(*address).cloned();
-            Ok(Hop {
-                name: gw.to_string(),
-                peer: SocketAddr::new(*address, port),
-                expected: workload.iter().map(|w| w.identity.clone()).collect(),
-                workload,
-            })
-        }
+    let svc = match &gw.destination {
+        GatewayDestination::Address { address, .. } => match vip_service(state, *address) {
+            Some(svc) => svc,
+            None => {
+                let workload = state.workload_by_ip(*address).cloned();
+                return Ok(Hop {
+                    name: gw.to_string(),
+                    peer: SocketAddr::new(*address, port),
+                    expected: workload.iter().map(|w| w.identity.clone()).collect(),
+                    workload,
+                });
+            }
+        },
         GatewayDestination::Hostname {
             namespace,
             hostname,
-        } => {
-            let svc = waypoint_service(state, gw, namespace, hostname)?;
-            if !svc.ports.iter().any(|p| p.service_port == port) {
-                return Err(WaypointError::NoPort {
-                    waypoint: gw.to_string(),
-                    port,
-                });
-            }
-            let (w, target, ip) = super::route::pick_endpoint(state, svc, port, like, rng)
-                .ok_or_else(|| WaypointError::NoEndpoint {
-                    waypoint: gw.to_string(),
-                    port,
-                })?;
-            let mut expected = vec![w.identity.clone()];
-            expected.extend(svc.subject_alt_names.iter().cloned());
-            Ok(Hop {
-                name: gw.to_string(),
-                peer: SocketAddr::new(ip, target),
-                expected,
-                workload: Some(w),
-            })
-        }
+        } => waypoint_service(state, gw, namespace, hostname)?,
+    };
+    if !svc.ports.iter().any(|p| p.service_port == port) {
+        return Err(WaypointError::NoPort {
+            waypoint: gw.to_string(),
+            port,
+        });
     }
+    let (w, target, ip) =
+        super::route::pick_endpoint(state, svc, port, like, rng).ok_or_else(|| {
+            WaypointError::NoEndpoint {
+                waypoint: gw.to_string(),
+                port,
+            }
+        })?;
+    let mut expected = vec![w.identity.clone()];
+    expected.extend(svc.subject_alt_names.iter().cloned());
+    Ok(Hop {
+        name: gw.to_string(),
+        peer: SocketAddr::new(ip, target),
+        expected,
+        workload: Some(w),
+    })
 }
 
 /// The workloads that are `gw`'s pods, whatever their health.
 fn pods(state: &State, gw: &GatewayAddress) -> Vec<Arc<WorkloadEntry>> {
     match &gw.destination {
-        GatewayDestination::Address { address, .. } => state
-            .workload_by_ip(*address)
-            .cloned()
-            .into_iter()
-            .collect(),
+        GatewayDestination::Address { address, .. } => match vip_service(state, *address) {
+            Some(svc) => state
+                .endpoints(svc)
+                .iter()
+                .map(|e| e.workload.clone())
+                .collect(),
+            None => state
+                .workload_by_ip(*address)
+                .cloned()
+                .into_iter()
+                .collect(),
+        },
         GatewayDestination::Hostname {
             namespace,
             hostname,
@@ -161,12 +181,14 @@ pub fn is_waypoint_pod(state: &State, gw: &GatewayAddress, source: &WorkloadEntr
 /// The identities a waypoint-bound pod accepts connections from.
 fn identities(state: &State, gw: &GatewayAddress) -> Vec<Identity> {
     let mut ids: Vec<Identity> = pods(state, gw).iter().map(|w| w.identity.clone()).collect();
-    if let GatewayDestination::Hostname {
-        namespace,
-        hostname,
-    } = &gw.destination
-        && let Some(svc) = state.service(namespace, hostname)
-    {
+    let svc = match &gw.destination {
+        GatewayDestination::Hostname {
+            namespace,
+            hostname,
+        } => state.service(namespace, hostname),
+        GatewayDestination::Address { address, .. } => vip_service(state, *address),
+    };
+    if let Some(svc) = svc {
         ids.extend(svc.subject_alt_names.iter().cloned());
     }
     ids

@@ -239,3 +239,51 @@ fn finished_pods_do_not_grant_their_identity() {
     .unwrap_err();
     assert_eq!(err.reason, RefusalReason::NotOnNode);
 }
+
+#[test]
+fn a_provisioned_waypoint_pod_gives_its_node_the_waypoints_identity() {
+    // The generated waypoint objects, as directory mode writes them.
+    let mut store = store();
+    for name in ["node-a", "node-b"] {
+        store.upsert(
+            Object::from_value(
+                Kind::Node,
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}),
+            )
+            .unwrap(),
+        );
+    }
+    store.upsert(
+        Object::from_value(
+            Kind::Gateway,
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                   "metadata": {"name": "waypoint", "namespace": "shop"},
+                   "spec": {"gatewayClassName": "istio-waypoint",
+                            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}),
+        )
+        .unwrap(),
+    );
+    let generated = crate::provision::dir::render(&store);
+    let parsed = crate::registry::dir::parse_file(std::path::Path::new("gen.yaml"), &generated);
+    for object in parsed.objects {
+        store.upsert(object.object);
+    }
+    let waypoint = "spiffe://cluster.local/ns/shop/sa/waypoint";
+    // node-b has one pod, node-a two: the waypoint went to node-b.
+    let ok = check_request(
+        &request(&id(waypoint), Some(waypoint), 0),
+        &node("node-b"),
+        &store,
+        &CaPolicy::default(),
+    )
+    .unwrap();
+    assert_eq!(ok.identity, id(waypoint));
+    let err = check_request(
+        &request(&id(waypoint), Some(waypoint), 0),
+        &node("node-a"),
+        &store,
+        &CaPolicy::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.reason, RefusalReason::NotOnNode);
+}

@@ -466,3 +466,29 @@ workloads:
     let back: GatewayAddress = serde_yaml::from_str(&yaml).unwrap();
     assert_eq!(Some(back), w.spec.waypoint);
 }
+
+#[test]
+fn the_address_form_naming_a_waypoint_service_vip_resolves_to_its_pods() {
+    // istiod sends the waypoint Service's VIP when it has one.
+    let text = MESH.replace(
+        "waypoint: {hostname: {namespace: default, hostname: waypoint.default.svc.cluster.local}, hboneMtlsPort: 15008}",
+        "waypoint: {address: {address: 10.96.0.10}, hboneMtlsPort: 15008}",
+    );
+    let s = state(&text);
+    let Ok(Plan::Waypoint { hop, authority, .. }) = plan_from(&s, "client", "10.96.0.2:9080")
+    else {
+        panic!("expected the waypoint")
+    };
+    assert_eq!(hop.peer, "10.0.0.10:15008".parse().unwrap());
+    assert_eq!(authority, "10.96.0.2:9080".parse().unwrap());
+    assert_eq!(hop.expected, vec![id("waypoint"), id("waypoint-san")]);
+    let local = named(&s, "reviews-0");
+    assert!(matches!(
+        admit(&s, &local, Some(&id("waypoint"))),
+        Admission::FromWaypoint { .. }
+    ));
+    assert!(matches!(
+        admit(&s, &local, Some(&id("client"))),
+        Admission::Refused { .. }
+    ));
+}
