@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mesh_testkit::{ChildGuard, Netns, eventually};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::layout::{
     CLIENT, GRPC_PORT, GRPC_SERVICE_PORT, HBONE_PORT, HTTP_PORT, HTTP_SERVICE_PORT, ISTIOD_ADMIN,
     ISTIOD_GRPC, NAMESPACE, SERVER, SERVICE, SERVICE_VIP, TRUST_DOMAIN, WAYPOINT, WAYPOINT_ADMIN,
-    WAYPOINT_IP, WAYPOINT_VIP, spiffe_id,
+    WAYPOINT_IP, spiffe_id,
 };
 use super::scenario::Settings;
 use crate::prom::{self, Sample};
@@ -22,9 +22,15 @@ use crate::topology::{self, SERVER_CPU, Topology};
 use crate::ztunnel::config::CaFiles;
 use crate::{http, ztunnel};
 
-/// The nodes of the benchmark's cluster: one per namespace.
-pub const CLIENT_NODE: &str = "client-node";
-pub const SERVER_NODE: &str = "server-node";
+/// The nodes of the benchmark's cluster: one per namespace. istiod-lite places a
+/// provisioned waypoint on the node with the fewest pods, ties broken by name: the
+/// server's node sorts first so the waypoint's pod is on the node it runs on.
+pub const SERVER_NODE: &str = "node-1";
+pub const CLIENT_NODE: &str = "node-2";
+/// The file istiod-lite writes its provisioned waypoint objects to (directory mode).
+pub const GENERATED_FILE: &str = "ambit-waypoints.generated.yaml";
+/// The pod status file, as the local cluster's pod runner writes it.
+pub const STATUS_FILE: &str = "ambit-pods.status.yaml";
 
 /// The waypoint's request counter.
 pub const REQUESTS: &str = "istio_requests_total";
@@ -75,9 +81,11 @@ fn get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<http::Response> {
 }
 
 /// The benchmark's cluster as Kubernetes objects (one YAML stream): the two nodes, the
-/// client, backend and waypoint pods (with status IPs), the backend Service bound to
-/// the waypoint (`istio.io/use-waypoint`), the waypoint's Service and Gateway, and an
-/// HTTPRoute and a GRPCRoute attached to the backend Service.
+/// client and backend pods (with status IPs), the backend Service bound to the
+/// waypoint (`istio.io/use-waypoint`), the waypoint's Gateway, and an HTTPRoute and a
+/// GRPCRoute attached to the backend Service. istiod-lite provisions the waypoint's
+/// Pod, Service and ServiceAccount from the Gateway; [`waypoint_status`] is its pod
+/// status.
 pub fn cluster_yaml(client_ip: std::net::IpAddr, server_ip: std::net::IpAddr) -> String {
     let pod = |name: &str, node: &str, ip: String, labels: &str| {
         format!(
@@ -97,26 +105,12 @@ pub fn cluster_yaml(client_ip: std::net::IpAddr, server_ip: std::net::IpAddr) ->
         node(SERVER_NODE),
         pod(CLIENT, CLIENT_NODE, client_ip.to_string(), "app: client"),
         pod(SERVER, SERVER_NODE, server_ip.to_string(), "app: server"),
-        pod(
-            WAYPOINT,
-            SERVER_NODE,
-            WAYPOINT_IP.to_string(),
-            &format!(
-                "gateway.networking.k8s.io/gateway-name: {WAYPOINT}, istio.io/dataplane-mode: none"
-            ),
-        ),
         format!(
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: {SERVICE}\n  namespace: {NAMESPACE}\n  \
              labels: {{istio.io/use-waypoint: {WAYPOINT}}}\nspec:\n  clusterIP: {SERVICE_VIP}\n  \
              selector: {{app: server}}\n  ports:\n  \
              - {{name: http, port: {HTTP_SERVICE_PORT}, targetPort: {HTTP_PORT}, appProtocol: http}}\n  \
              - {{name: grpc, port: {GRPC_SERVICE_PORT}, targetPort: {GRPC_PORT}, appProtocol: grpc}}\n"
-        ),
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {WAYPOINT}\n  namespace: {NAMESPACE}\n\
-             spec:\n  clusterIP: {WAYPOINT_VIP}\n  \
-             selector: {{gateway.networking.k8s.io/gateway-name: {WAYPOINT}}}\n  ports:\n  \
-             - {{name: mesh, port: {HBONE_PORT}, targetPort: {HBONE_PORT}, appProtocol: HBONE}}\n"
         ),
         format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: {WAYPOINT}\n  \
@@ -139,6 +133,32 @@ pub fn cluster_yaml(client_ip: std::net::IpAddr, server_ip: std::net::IpAddr) ->
         ),
     ];
     docs.join("---\n")
+}
+
+/// The waypoint pod's status document (Running, Ready, 10.1.1.3), as the pod runner
+/// publishes it for a pod it started.
+pub fn waypoint_status() -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {WAYPOINT}\n  namespace: {NAMESPACE}\n\
+         status:\n  phase: Running\n  podIP: {WAYPOINT_IP}\n  podIPs: [{{ip: {WAYPOINT_IP}}}]\n  \
+         conditions: [{{type: Ready, status: \"True\"}}]\n"
+    )
+}
+
+/// The node istiod-lite placed the waypoint pod on, from its generated file.
+pub fn provisioned_node(generated: &str) -> Result<String> {
+    for doc in serde_yaml::Deserializer::from_str(generated) {
+        let value = serde_yaml::Value::deserialize(doc).context("parsing the generated file")?;
+        if value["kind"].as_str() == Some("Pod")
+            && value["metadata"]["name"].as_str() == Some(WAYPOINT)
+        {
+            return value["spec"]["nodeName"]
+                .as_str()
+                .map(str::to_string)
+                .context("the provisioned waypoint pod has no spec.nodeName");
+        }
+    }
+    bail!("istiod-lite's generated file has no waypoint pod yet")
 }
 
 /// Starts istiod-lite (server namespace, loopback, server CPU) and the waypoint, and
@@ -205,15 +225,27 @@ pub async fn start(
         )
     })?;
 
-    // The server node's token stands in for the waypoint pod's service account token.
+    // istiod-lite provisions the waypoint pod from the Gateway; the pod "runs" here,
+    // so its status (address 10.1.1.3) is published as the pod runner would.
+    let generated = resources.join(GENERATED_FILE);
+    let node = eventually(
+        "istiod-lite provisioning the waypoint pod",
+        patience,
+        || async { provisioned_node(&std::fs::read_to_string(&generated).unwrap_or_default()) },
+    )
+    .await?;
+    std::fs::write(resources.join(STATUS_FILE), waypoint_status())
+        .context("writing the waypoint pod's status")?;
+
+    // Its node's token stands in for the waypoint pod's service account token.
     let tokens: std::collections::BTreeMap<String, String> = serde_yaml::from_str(
         &std::fs::read_to_string(state.join("node-tokens.yaml"))
             .context("reading istiod-lite's node tokens")?,
     )
     .context("parsing istiod-lite's node-tokens.yaml")?;
     let token = tokens
-        .get(SERVER_NODE)
-        .with_context(|| format!("istiod-lite made no token for {SERVER_NODE}"))?;
+        .get(&node)
+        .with_context(|| format!("istiod-lite made no token for {node}"))?;
     let token_file = dir.join("waypoint.token");
     std::fs::write(&token_file, token).context("writing the waypoint's token")?;
 
@@ -242,7 +274,7 @@ pub async fn start(
             "--pod-name",
             WAYPOINT,
             "--node-name",
-            SERVER_NODE,
+            &node,
             "--instance-ip",
             &WAYPOINT_IP.to_string(),
             "--listen",
@@ -338,4 +370,78 @@ pub fn verify(
         );
     }
     Ok(proof)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_leaves_the_waypoint_pod_to_provisioning() {
+        let text = cluster_yaml("10.1.1.1".parse().unwrap(), "10.1.1.2".parse().unwrap());
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+            .collect();
+        let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "Node",
+                "Node",
+                "Pod",
+                "Pod",
+                "Service",
+                "Gateway",
+                "HTTPRoute",
+                "GRPCRoute"
+            ]
+        );
+        let service = &docs[5];
+        assert_eq!(
+            service["metadata"]["labels"]["istio.io/use-waypoint"].as_str(),
+            Some("waypoint")
+        );
+        assert_eq!(service["spec"]["clusterIP"].as_str(), Some("10.96.0.10"));
+        assert_eq!(
+            service["spec"]["ports"][1]["appProtocol"].as_str(),
+            Some("grpc")
+        );
+        assert_eq!(
+            docs[6]["spec"]["gatewayClassName"].as_str(),
+            Some("istio-waypoint")
+        );
+        assert_eq!(docs[4]["status"]["podIP"].as_str(), Some("10.1.1.2"));
+        assert_eq!(docs[4]["spec"]["nodeName"].as_str(), Some(SERVER_NODE));
+        let status: serde_yaml::Value = serde_yaml::from_str(&waypoint_status()).unwrap();
+        assert_eq!(status["status"]["podIP"].as_str(), Some("10.1.1.3"));
+        assert_eq!(status["metadata"]["name"].as_str(), Some("waypoint"));
+    }
+
+    #[test]
+    fn node_of_the_provisioned_pod() {
+        let generated = "# header\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: waypoint}\n\
+                         ---\napiVersion: v1\nkind: Pod\nmetadata: {name: waypoint, namespace: bench}\n\
+                         spec: {nodeName: node-1}\n";
+        assert_eq!(provisioned_node(generated).unwrap(), "node-1");
+        assert!(provisioned_node("").is_err());
+    }
+
+    #[test]
+    fn proof_needs_requests_the_client_principal_and_the_waypoint_identity() {
+        let wp = prom::parse(
+            "istio_requests_total{source_principal=\"spiffe://cluster.local/ns/bench/sa/client\",response_code=\"200\"} 120\n",
+        )
+        .unwrap();
+        let zt = prom::parse(
+            "istio_tcp_connections_opened_total{reporter=\"destination\",source_principal=\"spiffe://cluster.local/ns/bench/sa/waypoint\",connection_security_policy=\"mutual_tls\"} 3\n",
+        )
+        .unwrap();
+        let proof = verify(&wp, &zt, 100).unwrap();
+        assert_eq!(proof.requests, 120.0);
+        assert_eq!(proof.server_ztunnel_from_waypoint, 3.0);
+        let err = verify(&wp, &zt, 500).unwrap_err();
+        assert!(err.to_string().contains("bypassed the waypoint"), "{err}");
+        assert!(verify(&wp, &[], 100).is_err());
+    }
 }
