@@ -24,6 +24,7 @@ pub mod echo;
 pub mod enrol;
 pub mod http;
 pub mod iperf;
+pub mod l7;
 pub mod procfs;
 pub mod prom;
 pub mod quiet;

@@ -61,6 +61,11 @@ impl Topology {
         self.hosts.server_v4
     }
 
+    /// The veth end in the server namespace.
+    pub fn server_if(&self) -> &str {
+        &self.hosts.server_if
+    }
+
     /// In the client namespace, redirects TCP to `dest` that does not carry ztunnel's
     /// mark to ztunnel's outbound port:
     /// `iptables -t nat -A OUTPUT -p tcp -d DEST -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001`.

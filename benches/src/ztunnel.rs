@@ -100,6 +100,11 @@ impl Ztunnel {
         Ok(())
     }
 
+    /// Its process id (ztunnel itself, not a wrapper).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// CPU seconds and peak RSS so far.
     pub fn usage(&self, clk_tck: u64) -> Result<ProcessUsage> {
         if let Some(status) = self.child.wait_timeout(Duration::ZERO)? {

@@ -1,6 +1,7 @@
 //! The ztunnel config files of the benchmark (the subset of ztunnel's YAML format it
 //! needs: `proxy` and `workloads`), and the CA root they share.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +36,9 @@ pub enum TunnelProtocol {
 pub struct ZtunnelConfig {
     pub proxy: Proxy,
     pub workloads: Vec<Workload>,
+    /// Services with VIPs (the L7 benchmark's clients call a VIP).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +48,53 @@ pub struct Proxy {
     pub workload: String,
     pub certificates: Certificates,
     pub packet_mark: u32,
+    /// Listener addresses, when the defaults would collide with another proxy in the
+    /// same namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<Listeners>,
+}
+
+/// `proxy.listeners`: only the ones set are written.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listeners {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<String>,
+}
+
+/// A service port and the workload port it maps to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMap {
+    pub service_port: u16,
+    pub target_port: u16,
+}
+
+/// A service with VIPs.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub addresses: Vec<IpAddr>,
+    pub ports: Vec<PortMap>,
+    /// The waypoint this service's traffic must pass through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<WaypointRef>,
+}
+
+/// A waypoint named by its Service (ztunnel's `waypoint: {hostname, hboneMtlsPort}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaypointRef {
+    pub hostname: NamespacedHostname,
+    pub hbone_mtls_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamespacedHostname {
+    pub namespace: String,
+    pub hostname: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +117,9 @@ pub struct Workload {
     pub service_account: String,
     pub addresses: Vec<IpAddr>,
     pub tunnel_protocol: TunnelProtocol,
+    /// The services this workload is an endpoint of: `namespace/hostname` -> ports.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, Vec<PortMap>>,
 }
 
 /// Which side a ztunnel serves.
@@ -101,17 +155,20 @@ pub fn ztunnel_config(
         service_account: name.to_string(),
         addresses: vec![ip],
         tunnel_protocol,
+        services: BTreeMap::new(),
     };
     ZtunnelConfig {
         proxy: Proxy {
             workload: format!("{NAMESPACE}/{}", side.workload()),
             certificates: Certificates { ca: ca.clone() },
             packet_mark: PACKET_MARK,
+            listeners: None,
         },
         workloads: vec![
             workload(CLIENT, client_ip, TunnelProtocol::Hbone),
             workload(SERVER, server_ip, server_tunnel),
         ],
+        services: Vec::new(),
     }
 }
 
