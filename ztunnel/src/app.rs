@@ -268,6 +268,7 @@ impl App {
                         metrics: metrics.clone(),
                         readiness: readiness.clone(),
                         shutdown: shutdown.clone(),
+                        updates: xds.as_ref().map(|(_, model)| model.updates()),
                     },
                 );
                 let view = client.pods.view();
@@ -358,6 +359,8 @@ impl App {
                     local: LocalWorkload {
                         name: local.name().clone(),
                         announced: None,
+                        updates: None,
+                        wait: crate::proxy::LOCAL_WORKLOAD_WAIT,
                     },
                     sockets: SocketFactory::here(config.proxy.packet_mark),
                     original_source: false,

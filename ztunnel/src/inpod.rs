@@ -47,6 +47,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
     pub shutdown: Shutdown,
+    /// The xDS model's state generations; `None` with file config.
+    pub updates: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// ztunnel's own netns, after checking that a netns can be entered and
@@ -79,6 +81,8 @@ pub fn client(config: &Config, inpod: &InpodConfig, shared: Shared) -> ZdsClient
         original_source: inpod.original_source,
         connect_timeout: config.proxy.connect_timeout.0,
         certificate_wait: CERTIFICATE_WAIT,
+        updates: shared.updates,
+        local_workload_wait: crate::proxy::LOCAL_WORKLOAD_WAIT,
     });
     ZdsClient {
         socket: inpod.socket.clone(),

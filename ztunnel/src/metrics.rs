@@ -138,7 +138,9 @@ pub struct Metrics {
     pub failed: Family<TrafficLabels, Counter>,
     /// Inbound HBONE connections refused before any stream (TLS, ALPN, HTTP/2).
     pub handshake_failures: Family<ReasonLabels, Counter>,
-    /// Streams refused for their shape (method, authority, unknown target).
+    /// Streams refused for their shape (method, authority, unknown target),
+    /// and inbound connections to a pod xDS did not describe in time
+    /// (`local_workload_unknown`, plaintext included).
     pub malformed_requests: Family<ReasonLabels, Counter>,
     pub sockets_open: Gauge,
     /// Outbound connections sent to a waypoint (`reason` = "outbound").

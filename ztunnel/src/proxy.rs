@@ -18,11 +18,17 @@ use mesh_core::drain::DrainWatcher;
 use mesh_core::hbone::Pool;
 use mesh_core::tls::CertStore;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::WorkloadRef;
 use crate::metrics::{Metrics, TrafficLabels};
 use crate::sockets::SocketFactory;
-use crate::state::{StateStore, WorkloadEntry};
+use crate::state::{State, StateStore, WorkloadEntry};
+
+/// How long inbound traffic to a new pod waits for the control plane to
+/// describe it (spec 2.8 step 2): until then its selector policies and
+/// waypoint binding are unknown, so admitting it would skip them.
+pub const LOCAL_WORKLOAD_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything the proxies of one served workload share: the dedicated
 /// ztunnel's one workload, or one pod in in-pod mode.
@@ -48,16 +54,30 @@ pub struct LocalWorkload {
     pub name: WorkloadRef,
     /// In-pod mode: the pod as ZDS described it (identity, no addresses).
     pub announced: Option<Arc<WorkloadEntry>>,
+    /// In-pod mode with xDS: the model's state generations, so inbound can
+    /// wait for the pod's record instead of admitting on the announced one.
+    /// `None` (file config): nothing more will come, the announced one serves.
+    pub updates: Option<watch::Receiver<u64>>,
+    /// How long inbound waits on `updates` (normally [`LOCAL_WORKLOAD_WAIT`]).
+    pub wait: Duration,
 }
 
-impl Proxy {
-    /// The local workload in the current state, or as announced. `pod_ip` is
-    /// an address of the pod seen on the connection (in-pod mode), used when
+/// Why inbound traffic to the local workload was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalWorkloadError {
+    #[error("the control plane did not describe the pod within {0:?}")]
+    NotDescribed(Duration),
+    #[error("the control plane's model is gone before it described the pod")]
+    ModelGone,
+}
+
+impl LocalWorkload {
+    /// The workload's record in `state`, if the state has it. `pod_ip` is an
+    /// address of the pod seen on the connection (in-pod mode), used when
     /// the model knows the pod by address but not by the announced name.
-    pub fn local_workload(&self, pod_ip: IpAddr) -> Option<Arc<WorkloadEntry>> {
-        let state = self.state.load();
-        let by_name = state.workload_named(&self.local.name.namespace, &self.local.name.name);
-        let Some(announced) = &self.local.announced else {
+    pub fn described(&self, state: &State, pod_ip: IpAddr) -> Option<Arc<WorkloadEntry>> {
+        let by_name = state.workload_named(&self.name.namespace, &self.name.name);
+        let Some(announced) = &self.announced else {
             return by_name.cloned();
         };
         // A record of another identity is not this pod (spec 3.5).
@@ -66,7 +86,58 @@ impl Proxy {
             .filter(ours)
             .or_else(|| state.workload_by_ip(pod_ip).filter(ours))
             .cloned()
-            .or_else(|| Some(announced.clone()))
+    }
+
+    /// The record inbound traffic is checked against: the one in `store`,
+    /// waiting up to `wait` for xDS to deliver it when only the announced
+    /// one exists, since the announced one has no policies and no waypoint.
+    pub async fn for_inbound(
+        &self,
+        store: &StateStore,
+        pod_ip: IpAddr,
+    ) -> Result<Option<Arc<WorkloadEntry>>, LocalWorkloadError> {
+        // Fast path: a described pod costs what the lookup always did.
+        if let Some(w) = self.described(&store.load(), pod_ip) {
+            return Ok(Some(w));
+        }
+        let (Some(_), Some(updates)) = (&self.announced, &self.updates) else {
+            return Ok(self.announced.clone());
+        };
+        let mut updates = updates.clone();
+        let wait = async {
+            loop {
+                // Marked seen before the lookup: a swap after it bumps the
+                // generation again, so `changed` cannot miss it.
+                updates.borrow_and_update();
+                if let Some(w) = self.described(&store.load(), pod_ip) {
+                    return Ok(Some(w));
+                }
+                if updates.changed().await.is_err() {
+                    return Err(LocalWorkloadError::ModelGone);
+                }
+            }
+        };
+        tokio::time::timeout(self.wait, wait)
+            .await
+            .unwrap_or(Err(LocalWorkloadError::NotDescribed(self.wait)))
+    }
+}
+
+impl Proxy {
+    /// The local workload in the current state, or as announced.
+    pub fn local_workload(&self, pod_ip: IpAddr) -> Option<Arc<WorkloadEntry>> {
+        self.local
+            .described(&self.state.load(), pod_ip)
+            .or_else(|| self.local.announced.clone())
+    }
+
+    /// The local workload for an inbound connection; see
+    /// [`LocalWorkload::for_inbound`].
+    pub async fn inbound_local_workload(
+        &self,
+        pod_ip: IpAddr,
+    ) -> Result<Option<Arc<WorkloadEntry>>, LocalWorkloadError> {
+        self.local.for_inbound(&self.state, pod_ip).await
     }
 
     /// Whether `target` (a CONNECT authority or original destination reached
@@ -253,5 +324,117 @@ impl<'a> Record<'a> {
             outcome,
             "connection complete"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pod's full record (with a selector policy) and the announced one
+    /// ZDS would give: same identity, no addresses, no policies.
+    fn pod() -> (State, Arc<WorkloadEntry>) {
+        let c = crate::config::Config::parse(
+            "
+proxy:
+  workload: default/pod
+  certificates: {ca: {cert: r, key: k}}
+workloads:
+- {uid: p-uid, name: pod, namespace: default, addresses: [10.0.0.2], serviceAccount: pod,
+   authorizationPolicies: [default/no-one]}
+authorizationPolicies:
+- {name: no-one, namespace: default, scope: WORKLOAD_SELECTOR, action: DENY,
+   rules: [{clauses: [{matches: [{principals: ['cluster.local/ns/default/sa/a']}]}]}]}
+",
+        )
+        .unwrap();
+        let full = State::from_config(&c).unwrap();
+        let record = full.workload_named("default", "pod").unwrap();
+        let mut spec = record.spec.clone();
+        spec.addresses.clear();
+        spec.authorization_policies.clear();
+        let announced = Arc::new(WorkloadEntry {
+            spec,
+            identity: record.identity.clone(),
+        });
+        (full, announced)
+    }
+
+    fn local(announced: Arc<WorkloadEntry>, updates: watch::Receiver<u64>) -> LocalWorkload {
+        LocalWorkload {
+            name: WorkloadRef {
+                namespace: "default".into(),
+                name: "pod".into(),
+            },
+            announced: Some(announced),
+            updates: Some(updates),
+            wait: LOCAL_WORKLOAD_WAIT,
+        }
+    }
+
+    const POD_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    #[tokio::test(start_paused = true)]
+    async fn inbound_to_a_new_pod_is_held_until_xds_describes_it_and_gets_its_policies() {
+        let (full, announced) = pod();
+        let store = Arc::new(StateStore::new(State::default()));
+        let (generation, updates) = watch::channel(0u64);
+        let local = local(announced, updates);
+        assert!(
+            local.described(&store.load(), POD_IP).is_none(),
+            "an empty state describes no pod"
+        );
+        let held = tokio::spawn({
+            let store = store.clone();
+            async move { local.for_inbound(&store, POD_IP).await }
+        });
+        // The waiter holds its own receiver once it is waiting.
+        while generation.receiver_count() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!held.is_finished(), "admitted before xDS described the pod");
+        store.replace(full);
+        generation.send_modify(|g| *g += 1);
+        let record = held.await.unwrap().unwrap().unwrap();
+        assert_eq!(record.spec.addresses, vec![POD_IP]);
+        assert_eq!(record.spec.authorization_policies, vec!["default/no-one"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inbound_to_a_pod_xds_never_describes_is_refused_after_the_wait() {
+        let (_, announced) = pod();
+        let store = StateStore::new(State::default());
+        let (generation, updates) = watch::channel(0u64);
+        let local = local(announced, updates);
+        let started = tokio::time::Instant::now();
+        let refused = local.for_inbound(&store, POD_IP).await;
+        assert!(
+            matches!(refused, Err(LocalWorkloadError::NotDescribed(w)) if w == LOCAL_WORKLOAD_WAIT),
+            "{refused:?}"
+        );
+        assert!(started.elapsed() >= LOCAL_WORKLOAD_WAIT);
+        drop(generation);
+    }
+
+    #[tokio::test]
+    async fn a_described_pod_or_file_config_does_not_wait() {
+        let (full, announced) = pod();
+        let (_generation, updates) = watch::channel(0u64);
+        let described = local(announced.clone(), updates);
+        let store = StateStore::new(full);
+        let record = described
+            .for_inbound(&store, POD_IP)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.spec.authorization_policies, vec!["default/no-one"]);
+        // Without xDS nothing will come: the announced record serves at once.
+        let file = LocalWorkload {
+            updates: None,
+            ..described
+        };
+        let empty = StateStore::new(State::default());
+        let record = file.for_inbound(&empty, POD_IP).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&record, &announced));
     }
 }

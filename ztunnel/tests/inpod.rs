@@ -683,3 +683,148 @@ async fn a_deleted_pods_open_connections_are_served_until_the_deadline_and_close
     zt.stop().await?;
     Ok(())
 }
+
+/// A pod's record as the control plane sends it.
+fn xds_workload(pod: &Pod, policies: &[&str]) -> mesh_api::istio::workload::Address {
+    use mesh_api::istio::workload as xw;
+    let addresses = pod
+        .ips
+        .iter()
+        .map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        })
+        .collect();
+    xw::Address {
+        r#type: Some(xw::address::Type::Workload(xw::Workload {
+            uid: pod.uid.clone(),
+            name: pod.name.clone(),
+            namespace: "default".into(),
+            service_account: pod.service_account.clone(),
+            addresses,
+            tunnel_protocol: xw::TunnelProtocol::Hbone as i32,
+            authorization_policies: policies.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        })),
+    }
+}
+
+#[tokio::test]
+async fn inbound_to_a_pod_xds_has_not_described_waits_for_its_record_and_its_policy() -> Result<()>
+{
+    use mesh_api::istio::security as xsec;
+    use mesh_api::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+    use mesh_testkit::xds_server::{XdsServer, resource};
+    use tokio::io::AsyncWriteExt;
+
+    require_root();
+    let dir = tempfile::tempdir()?;
+    write_ca(dir.path())?;
+    let (a, b, c) = three_pods(dir.path())?;
+    let _app_b = EchoApp::start(&b)?;
+    let agent = NodeAgent::bind(dir.path().join("zds.sock"))?;
+    let server = XdsServer::start().await?;
+    let root = dir.path().join("xds-root.pem");
+    std::fs::write(&root, server.root_pem())?;
+    let mut config = config(dir.path(), &agent.path, "")?;
+    config.proxy.xds = ztunnel::Config::parse(&format!(
+        "
+proxy:
+  workload: default/x
+  certificates: {{ca: {{cert: r, key: k}}}}
+  xds: {{address: {}, rootCert: {}, token: t, nodeName: node-a, podName: zt, instanceIp: 10.1.0.2}}
+",
+        server.address(),
+        root.display()
+    ))?
+    .proxy
+    .xds;
+    let zt = Ztunnel::start(config).await?;
+    eventually("both subscriptions", PATIENCE, || async {
+        ensure!(server.requests().len() >= 2);
+        Ok(())
+    })
+    .await?;
+    // Only A is described; the DENY of plaintext is known but selects no pod yet.
+    server
+        .push(
+            ADDRESS_TYPE_URL,
+            vec![resource("a", "1", ADDRESS_TYPE_URL, &xds_workload(&a, &[]))],
+            vec![],
+        )
+        .await?;
+    let no_plaintext = xsec::Authorization {
+        name: "no-plaintext".into(),
+        namespace: "default".into(),
+        scope: xsec::Scope::WorkloadSelector as i32,
+        action: xsec::Action::Deny as i32,
+        rules: vec![xsec::Rule {
+            clauses: vec![xsec::Clause {
+                matches: vec![xsec::Match {
+                    not_principals: vec![xsec::StringMatch {
+                        match_type: Some(xsec::string_match::MatchType::Presence(())),
+                    }],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        ..Default::default()
+    };
+    server
+        .push(
+            AUTHORIZATION_TYPE_URL,
+            vec![resource(
+                "default/no-plaintext",
+                "1",
+                AUTHORIZATION_TYPE_URL,
+                &no_plaintext,
+            )],
+            vec![],
+        )
+        .await?;
+    let conn = agent.accept().await?;
+    conn.snapshot(&[&a, &b, &c]).await?;
+    until_ready(&zt).await?;
+
+    // B is unknown to A's outbound, so this is plaintext to B's 15006. B is
+    // not described: refused once the wait is over, and counted.
+    let mut never = a.connect(b.ips[0]).await?;
+    never.write_all(b"never described").await?;
+    closed(&mut never).await?;
+    let metrics = zt.metrics().await?;
+    ensure!(
+        metrics
+            .contains("ambit_hbone_malformed_requests_total{reason=\"local_workload_unknown\"} 1"),
+        "no local_workload_unknown refusal in\n{metrics}"
+    );
+
+    // Held again; B's record arrives only after the connection was made and
+    // the data sent, and the policy it names refuses the connection.
+    let mut ab = a.connect(b.ips[0]).await?;
+    ab.write_all(b"before the record").await?;
+    server
+        .push(
+            ADDRESS_TYPE_URL,
+            vec![resource(
+                "b",
+                "1",
+                ADDRESS_TYPE_URL,
+                &xds_workload(&b, &["default/no-plaintext"]),
+            )],
+            vec![],
+        )
+        .await?;
+    closed(&mut ab).await?;
+    let metrics = zt.metrics().await?;
+    ensure!(
+        metrics.lines().any(|l| {
+            l.starts_with("istio_tcp_connections_failed_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("response_flags=\"DENY\"")
+                && l.contains("destination_workload=\"b\"")
+        }),
+        "no DENY at B under its record in\n{metrics}"
+    );
+    zt.stop().await?;
+    Ok(())
+}

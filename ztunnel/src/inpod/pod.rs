@@ -35,6 +35,11 @@ pub struct PodContext {
     pub connect_timeout: Duration,
     /// How long a pod may wait for its certificate before the Add is NACKed.
     pub certificate_wait: Duration,
+    /// The xDS model's state generations, for inbound to wait on a new
+    /// pod's record; `None` with file config, where none will come.
+    pub updates: Option<tokio::sync::watch::Receiver<u64>>,
+    /// How long inbound to a pod waits for its record (spec 2.8 step 2).
+    pub local_workload_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -176,6 +181,8 @@ pub async fn start(
                 name: info.name.clone(),
             },
             announced: Some(announced),
+            updates: ctx.updates.clone(),
+            wait: ctx.local_workload_wait,
         },
         sockets,
         original_source: ctx.original_source,

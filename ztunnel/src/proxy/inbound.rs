@@ -25,9 +25,17 @@ impl Handler for Inbound {
         let proxy = &self.proxy;
         let target = capture::canonical(req.authority);
         let peer = req.peer.clone();
-        let Some(local) = proxy
-            .local_workload(peer.local.ip())
-            .filter(|w| proxy.is_local_target(w, target, peer.local.ip()))
+        let local = match proxy.inbound_local_workload(peer.local.ip()).await {
+            Ok(local) => local,
+            Err(error) => {
+                // Without its record the pod's selector policies and waypoint
+                // binding are unknown: admitting would skip them.
+                Metrics::count_reason(&proxy.metrics.malformed_requests, "local_workload_unknown");
+                tracing::info!(peer = %peer.addr, %target, %error, "refused CONNECT to a pod the control plane has not described");
+                return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
+            }
+        };
+        let Some(local) = local.filter(|w| proxy.is_local_target(w, target, peer.local.ip()))
         else {
             // Not ours: this ztunnel is no open relay.
             Metrics::count_reason(&proxy.metrics.malformed_requests, "unknown_target");

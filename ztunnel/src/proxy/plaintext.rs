@@ -14,7 +14,7 @@ use super::waypoint::{self, Admission};
 use super::{Proxy, Record};
 use crate::authz::{self, Connection};
 use crate::capture;
-use crate::metrics::{Endpoints, Reporter, TrafficLabels, WaypointLabels};
+use crate::metrics::{Endpoints, Metrics, Reporter, TrafficLabels, WaypointLabels};
 
 pub async fn handle(
     proxy: Arc<Proxy>,
@@ -29,10 +29,18 @@ pub async fn handle(
         .local_addr()
         .map(|a| capture::canonical_ip(a.ip()))
         .unwrap_or(target.ip());
-    let Some(local) = proxy
-        .local_workload(accepted_on)
-        .filter(|w| proxy.is_local_target(w, target, accepted_on))
-    else {
+    let local = match proxy.inbound_local_workload(accepted_on).await {
+        Ok(local) => local,
+        Err(error) => {
+            // Without its record the pod's selector policies and waypoint
+            // binding are unknown: admitting would skip them.
+            Metrics::count_reason(&proxy.metrics.malformed_requests, "local_workload_unknown");
+            tracing::info!(%peer, %target, %error, "plaintext connection to a pod the control plane has not described; closing");
+            reset_tcp(&downstream);
+            return;
+        }
+    };
+    let Some(local) = local.filter(|w| proxy.is_local_target(w, target, accepted_on)) else {
         tracing::info!(%peer, %target, "plaintext connection to an address that is not a local workload; closing");
         reset_tcp(&downstream);
         return;
