@@ -25,7 +25,8 @@ use tokio::io::AsyncWriteExt;
 use waypoint::authz::{self, HttpAttrs, RequestAttrs};
 use waypoint::config::Snapshot;
 use waypoint::headers::{self, TraceContext};
-use waypoint::listener::{detect, parse_forwarded};
+use mesh_core::hbone::headers::Forwarded;
+use waypoint::listener::detect;
 use waypoint::route::{self, RequestHead, Selection};
 
 fn snapshot() -> Arc<Snapshot> {
@@ -128,7 +129,7 @@ fn decide(snapshot: &Snapshot, req: http::Request<Incoming>) {
     assert!(path.starts_with('/') || path.starts_with('?'), "{path:?}");
     assert_eq!(authz::normalize_path(&path).ok().as_deref(), Some(path.as_str()));
     if let Some(f) = parts.headers.get("forwarded").and_then(|v| v.to_str().ok()) {
-        let _ = parse_forwarded(f);
+        let _ = Forwarded::parse(f);
     }
     headers::strip_hop_by_hop(&mut parts.headers);
     assert!(!parts.headers.contains_key(http::header::CONNECTION));

@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::Identity;
 use mesh_core::drain::DrainWatcher;
+use mesh_core::hbone::headers::Forwarded;
 use mesh_core::hbone::{self, Handler, HboneError, InboundRequest, Peer, ServerSettings};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -98,40 +99,6 @@ pub struct StreamContext {
     pub client: Option<SocketAddr>,
     pub downstream: Protocol,
     pub drain: DrainWatcher,
-}
-
-/// The `for` and `host` parameters of a `forwarded` header (RFC 7239).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Forwarded {
-    pub for_addr: Option<SocketAddr>,
-    pub for_ip: Option<IpAddr>,
-    pub host: Option<String>,
-}
-
-/// Parses the first element of `forwarded`; unknown or malformed parameters
-/// are ignored (the header is advisory; identity comes from mTLS).
-pub fn parse_forwarded(v: &str) -> Forwarded {
-    let mut f = Forwarded::default();
-    let first = v.split(',').next().unwrap_or("");
-    for pair in first.split(';') {
-        let Some((k, val)) = pair.split_once('=') else {
-            continue;
-        };
-        let val = val.trim().trim_matches('"');
-        match k.trim().to_ascii_lowercase().as_str() {
-            "for" => {
-                if let Ok(a) = val.parse::<SocketAddr>() {
-                    f.for_addr = Some(a);
-                    f.for_ip = Some(a.ip());
-                } else if let Ok(ip) = val.trim_start_matches('[').trim_end_matches(']').parse() {
-                    f.for_ip = Some(ip);
-                }
-            }
-            "host" if !val.is_empty() => f.host = Some(val.to_string()),
-            _ => {}
-        }
-    }
-    f
 }
 
 /// Tells the protocol from a stream's first bytes: the HTTP/2 preface, an
@@ -269,18 +236,19 @@ impl Handler for ConnectionHandler {
             request.refuse(StatusCode::BAD_REQUEST);
             return;
         };
-        let forwarded = request
+        // Only the client address is kept: the header itself goes with the request.
+        let (for_ip, for_addr) = request
             .headers
             .get("forwarded")
             .and_then(|v| v.to_str().ok())
-            .map(parse_forwarded)
-            .unwrap_or_default();
-        let source_ip = forwarded.for_ip.unwrap_or(self.caller.peer.ip());
+            .map(Forwarded::parse)
+            .map_or((None, None), |f| (f.for_ip, f.for_addr));
+        let source_ip = for_ip.unwrap_or(self.caller.peer.ip());
         let source = discovery.workload_at(source_ip).cloned();
         drop(discovery);
         let declared = declared_protocol(&proxy, &destination);
         if declared == Some(Protocol::Tcp) {
-            let client_ip = forwarded.for_ip.unwrap_or(self.caller.peer.ip());
+            let client_ip = for_ip.unwrap_or(self.caller.peer.ip());
             if tcp::authorize(&proxy, &self.caller, &destination, client_ip).is_err() {
                 // A declared TCP port is decided before the tunnel opens.
                 request.refuse(StatusCode::FORBIDDEN);
@@ -307,7 +275,7 @@ impl Handler for ConnectionHandler {
             caller: self.caller.clone(),
             destination,
             source,
-            client: forwarded.for_addr,
+            client: for_addr,
             downstream,
             drain,
         });
@@ -465,17 +433,5 @@ mod tests {
             Detected::Is(Protocol::Tcp)
         );
         assert_eq!(detect(b" GET"), Detected::Is(Protocol::Tcp));
-    }
-
-    #[test]
-    fn forwarded_gives_the_client_and_the_host() {
-        let f = parse_forwarded(r#"for="10.0.0.5:41234";host=echo.default.svc.cluster.local"#);
-        assert_eq!(f.for_addr, Some("10.0.0.5:41234".parse().unwrap()));
-        assert_eq!(f.host.as_deref(), Some("echo.default.svc.cluster.local"));
-        let f = parse_forwarded(r#"for="[fd00::5]:80""#);
-        assert_eq!(f.for_ip, Some("fd00::5".parse().unwrap()));
-        let f = parse_forwarded("for=10.0.0.7, for=10.0.0.8");
-        assert_eq!(f.for_ip, Some("10.0.0.7".parse().unwrap()));
-        assert_eq!(parse_forwarded("garbage;;=="), Forwarded::default());
     }
 }

@@ -117,25 +117,50 @@ pub fn traceparent() -> String {
     format!("00-{trace:032x}-{span:016x}-00")
 }
 
+/// The `for` and `host` parameters of a `forwarded` header (RFC 7239).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forwarded<'a> {
+    /// `for=` as `ip:port`, when it carries a port.
+    pub for_addr: Option<SocketAddr>,
+    /// `for=` as an address, with or without a port.
+    pub for_ip: Option<IpAddr>,
+    pub host: Option<&'a str>,
+}
+
+impl<'a> Forwarded<'a> {
+    /// Parses the first element of a `forwarded` header; unknown or malformed
+    /// parameters are ignored (the header is advisory: identity comes from mTLS).
+    pub fn parse(header: &'a str) -> Self {
+        let mut f = Forwarded::default();
+        let first = header.split(',').next().unwrap_or("");
+        for pair in first.split(';') {
+            let Some((k, val)) = pair.split_once('=') else {
+                continue;
+            };
+            let val = val.trim().trim_matches('"');
+            if k.trim().eq_ignore_ascii_case("for") {
+                if let Ok(a) = val.parse::<SocketAddr>() {
+                    f.for_addr = Some(a);
+                    f.for_ip = Some(a.ip());
+                } else if let Ok(ip) = val.trim_start_matches('[').trim_end_matches(']').parse() {
+                    f.for_ip = Some(ip);
+                }
+            } else if k.trim().eq_ignore_ascii_case("host") && !val.is_empty() {
+                f.host = Some(val);
+            }
+        }
+        f
+    }
+}
+
 /// The client IP of a `forwarded` header's `for=` element, if parsable.
 pub fn forwarded_for(header: &str) -> Option<IpAddr> {
-    let v = header
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("for="))?
-        .trim_matches('"');
-    v.parse::<SocketAddr>()
-        .map(|a| a.ip())
-        .or_else(|_| v.trim_matches(|c| c == '[' || c == ']').parse())
-        .ok()
+    Forwarded::parse(header).for_ip
 }
 
 /// The service host of a `forwarded` header's `host=` element.
 pub fn forwarded_host(header: &str) -> Option<&str> {
-    header
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("host="))
-        .map(|h| h.trim_matches('"'))
-        .filter(|h| !h.is_empty())
+    Forwarded::parse(header).host
 }
 
 #[cfg(test)]
@@ -167,6 +192,18 @@ mod tests {
             let err = parse_authority(bad).unwrap_err().to_string();
             assert!(err.contains("authority"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn forwarded_gives_the_client_and_the_host_of_the_first_element() {
+        let f = Forwarded::parse(r#"for="10.0.0.5:41234";host=echo.default.svc.cluster.local"#);
+        assert_eq!(f.for_addr, Some("10.0.0.5:41234".parse().unwrap()));
+        assert_eq!(f.host, Some("echo.default.svc.cluster.local"));
+        let f = Forwarded::parse(r#"for="[fd00::5]:80""#);
+        assert_eq!(f.for_ip, Some("fd00::5".parse().unwrap()));
+        let f = Forwarded::parse("for=10.0.0.7, for=10.0.0.8");
+        assert_eq!(f.for_ip, Some("10.0.0.7".parse().unwrap()));
+        assert_eq!(Forwarded::parse("garbage;;=="), Forwarded::default());
     }
 
     #[test]
