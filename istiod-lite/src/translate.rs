@@ -218,13 +218,7 @@ pub(crate) fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-pub(crate) fn ip_from_bytes(raw: &[u8]) -> Option<IpAddr> {
-    match raw.len() {
-        4 => <[u8; 4]>::try_from(raw).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(raw).ok().map(IpAddr::from),
-        _ => None,
-    }
-}
+pub(crate) use mesh_core::xds::ip_from_bytes;
 
 /// Objects of one namespace in a store map (keys sort by namespace first).
 pub(crate) fn in_namespace<'a, T>(

@@ -24,6 +24,16 @@ pub use metrics::{ReasonLabel, Termination, UrlLabel, XdsMetrics};
 pub use node::NodeInfo;
 pub use versions::{TypeVersions, nack_message};
 
+/// An address of workload discovery: 4 (IPv4) or 16 (IPv6) raw bytes;
+/// anything else is not an address.
+pub fn ip_from_bytes(raw: &[u8]) -> Option<std::net::IpAddr> {
+    match raw.len() {
+        4 => <[u8; 4]>::try_from(raw).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(raw).ok().map(std::net::IpAddr::from),
+        _ => None,
+    }
+}
+
 /// One received resource: its name, version and encoded body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {

@@ -5,7 +5,7 @@
 //! swapped in whole, so the data path reads it without locks.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use mesh_api::istio::workload as xw;
@@ -195,18 +195,9 @@ pub fn decode_address(body: &[u8]) -> Result<Address, AddressError> {
 }
 
 fn ip(field: &str, bytes: &[u8]) -> Result<IpAddr, AddressError> {
-    match bytes.len() {
-        4 => Ok(IpAddr::V4(Ipv4Addr::from(
-            <[u8; 4]>::try_from(bytes).expect("length checked"),
-        ))),
-        16 => Ok(IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(bytes).expect("length checked"),
-        ))),
-        n => Err(err(
-            field,
-            format!("an IP address is 4 or 16 bytes, not {n}"),
-        )),
-    }
+    let n = bytes.len();
+    mesh_core::xds::ip_from_bytes(bytes)
+        .ok_or_else(|| err(field, format!("an IP address is 4 or 16 bytes, not {n}")))
 }
 
 fn port(field: &str, value: u32) -> Result<u16, AddressError> {

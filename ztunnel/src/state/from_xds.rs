@@ -5,7 +5,7 @@
 //! told (NACK) and the rest of the batch still applies.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use mesh_api::istio::security as xsec;
@@ -94,18 +94,13 @@ fn enum_value<E: TryFrom<i32>>(field: &str, value: i32) -> Result<E, ConvertErro
 }
 
 fn ip(field: &str, bytes: &[u8]) -> Result<IpAddr, ConvertError> {
-    match bytes.len() {
-        4 => Ok(IpAddr::V4(Ipv4Addr::from(
-            <[u8; 4]>::try_from(bytes).expect("length checked"),
-        ))),
-        16 => Ok(IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(bytes).expect("length checked"),
-        ))),
-        n => Err(err(
+    let n = bytes.len();
+    mesh_core::xds::ip_from_bytes(bytes).ok_or_else(|| {
+        err(
             field,
             format!("{n} bytes is neither an IPv4 (4) nor an IPv6 (16) address"),
-        )),
-    }
+        )
+    })
 }
 
 fn port(field: &str, value: u32, zero_ok: bool) -> Result<u16, ConvertError> {

@@ -1,6 +1,7 @@
 use mesh_api::istio::security as xsec;
 use mesh_api::istio::workload as xw;
 use prost::Message;
+use std::net::Ipv6Addr;
 
 use super::*;
 
