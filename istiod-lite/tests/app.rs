@@ -70,8 +70,18 @@ async fn serves_xds_from_a_directory_and_shuts_down_within_its_deadline() {
     .unwrap();
     let app = App::start(config, LogControl::detached()).await.unwrap();
 
-    let (status, body) = get(app.admin, "/ready").await;
-    assert_eq!(status, 200, "{body}");
+    // Ready once the first snapshot is out, which follows the debounce.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(app.admin, "/ready").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 500, "{body}");
+        assert!(body.contains("first snapshot published"), "{body}");
+        assert!(Instant::now() < deadline, "not ready after 10s: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (_, dump) = get(app.admin, "/debug/config_dump").await;
     assert!(dump.contains("Kubernetes//Pod/shop/cart"), "{dump}");
 
