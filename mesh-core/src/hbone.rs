@@ -10,7 +10,7 @@ pub mod server;
 use std::net::SocketAddr;
 
 pub use client::{ClientSettings, ConnectRequest, Dialer, PlainDialer, Pool, PoolKey};
-pub use copy::{End, Transfer, Tunnel, splice};
+pub use copy::{End, Transfer, Tunnel, send_within_window, splice};
 pub use server::{Handler, InboundRequest, Peer, ServerSettings, serve_connection, serve_h2};
 
 /// rustls pulls TLS records from the socket 4 KiB at a time; a larger buffer

@@ -177,6 +177,7 @@ impl App {
             budget: crate::retry::Budget::default(),
             upstream: Upstream::new(pool.clone(), identity.clone(), settings.upstream_hbone_port),
             metrics: metrics.clone(),
+            access_log: Arc::default(),
             identity_uri: identity.to_string(),
             identity: identity.clone(),
             certs: certs.clone(),
@@ -259,6 +260,10 @@ impl App {
             cert_ready,
             watcher.clone(),
         ));
+        tokio::spawn(crate::access_log::flush_periodically(
+            proxy.access_log.clone(),
+            watcher.clone(),
+        ));
         tokio::spawn(sweep_pool(pool, watcher));
 
         Ok(App {
@@ -282,6 +287,8 @@ impl App {
         let _ = rx.wait_for(|s| *s).await;
         tracing::info!(deadline = ?self.deadline, "shutting down: draining connections");
         let outcome = self.trigger.drain(self.deadline).await;
+        // Lines of requests that finished during the drain.
+        self.proxy.access_log.flush().await;
         tracing::info!(?outcome, "drained");
         outcome
     }

@@ -9,9 +9,9 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::HeaderValue;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
-use crate::upstream::BoxError;
+use crate::upstream::{BoxError, EndpointBody};
 
 /// The caller's request body, counted as it is forwarded.
 #[derive(Debug)]
@@ -64,7 +64,7 @@ pub trait Finish: Send + Sync + 'static {
 
 #[derive(Debug)]
 enum Inner {
-    Upstream(Incoming),
+    Upstream(EndpointBody),
     Local(Option<Bytes>),
 }
 
@@ -86,7 +86,7 @@ impl std::fmt::Debug for ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: EndpointBody) -> Self {
         ResponseBody {
             inner: Inner::Upstream(body),
             bytes: 0,
@@ -131,12 +131,12 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let frame = match &mut this.inner {
             Inner::Local(b) => b.take().map(|b| Ok(Frame::data(b))),

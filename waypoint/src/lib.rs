@@ -24,6 +24,7 @@ pub mod errors;
 pub mod fault;
 pub mod filters;
 pub mod headers;
+mod in_connection;
 pub mod listener;
 pub mod metrics;
 mod outcome;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_core::Identity;
 use mesh_core::drain::DrainWatcher;
 use mesh_core::hbone::headers::Forwarded;
@@ -23,7 +23,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::discovery::{Service, Workload};
 use crate::headers;
-use crate::metrics::Rejection;
+use crate::in_connection;
+use crate::metrics::{Rejection, RequestMetricsCache};
 use crate::pipeline;
 use crate::proxy::Proxy;
 use crate::stream_io::StreamIo;
@@ -99,6 +100,8 @@ pub struct StreamContext {
     pub client: Option<SocketAddr>,
     pub downstream: Protocol,
     pub drain: DrainWatcher,
+    /// The request metrics of the label sets this stream used last.
+    pub request_metrics: RequestMetricsCache,
 }
 
 /// Tells the protocol from a stream's first bytes: the HTTP/2 preface, an
@@ -278,6 +281,7 @@ impl Handler for ConnectionHandler {
             client: for_addr,
             downstream,
             drain,
+            request_metrics: RequestMetricsCache::default(),
         });
         match downstream {
             Protocol::Tcp => tcp::serve(io, ctx).await,
@@ -338,19 +342,20 @@ async fn serve_http(io: StreamIo, ctx: Arc<StreamContext>) {
     let io = TokioIo::new(io);
     let result = match ctx.downstream {
         Protocol::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            let executor = in_connection::Executor::default();
+            let conn = hyper::server::conn::http2::Builder::new(executor.clone())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(limits.max_concurrent_streams)
                 .max_header_list_size(limits.max_header_bytes as u32)
                 .serve_connection(io, service);
-            tokio::pin!(conn);
+            let mut conn = in_connection::Connection::new(conn, executor);
             tokio::select! {
-                r = conn.as_mut() => r,
+                r = &mut conn => r,
                 _ = drain.draining() => {
                     // GOAWAY; in-flight streams finish.
-                    conn.as_mut().graceful_shutdown();
+                    conn.conn.as_mut().graceful_shutdown();
                     tokio::select! {
-                        r = conn.as_mut() => r,
+                        r = &mut conn => r,
                         _ = drain.forced() => Ok(()),
                     }
                 }

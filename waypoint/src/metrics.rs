@@ -2,6 +2,9 @@
 //! Istio's TCP metrics for opaque streams, and the waypoint's own counters of
 //! rejected input and refused config.
 
+use std::sync::{Arc, Mutex};
+
+use http::HeaderValue;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -270,5 +273,191 @@ impl RequestLabels {
             response_flags,
             connection_security_policy: "mutual_tls",
         }
+    }
+}
+
+/// One label set's four request metrics, looked up once and then kept, so a
+/// request whose labels match an earlier one's costs no label building or
+/// hashing.
+#[derive(Clone, Debug)]
+pub struct RequestMetrics {
+    requests: Counter,
+    duration_ms: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl Metrics {
+    pub fn request_metrics(&self, labels: &RequestLabels) -> RequestMetrics {
+        RequestMetrics {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration_ms: self.duration_ms.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        }
+    }
+}
+
+impl RequestMetrics {
+    pub fn record(&self, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
+        self.requests.inc();
+        self.duration_ms.observe(duration_ms);
+        self.request_bytes.observe(request_bytes as f64);
+        self.response_bytes.observe(response_bytes as f64);
+    }
+}
+
+/// What decides a request's labels besides its stream's caller, which every
+/// request of a stream shares.
+#[derive(Debug, Clone)]
+pub struct RequestKey {
+    pub destination: Option<Arc<Workload>>,
+    pub service: Option<Arc<Service>>,
+    pub grpc: bool,
+    pub status: u16,
+    pub grpc_status: Option<HeaderValue>,
+    pub flags: &'static str,
+}
+
+impl RequestKey {
+    /// Workloads and services compare by identity: a discovery update makes
+    /// new ones, whose labels may differ.
+    fn matches(&self, other: &RequestKey) -> bool {
+        fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        self.status == other.status
+            && self.grpc == other.grpc
+            && self.flags == other.flags
+            && self.grpc_status == other.grpc_status
+            && same(&self.destination, &other.destination)
+            && same(&self.service, &other.service)
+    }
+}
+
+/// The label sets a stream used last; a connection mostly repeats a few.
+#[derive(Debug, Default)]
+pub struct RequestMetricsCache {
+    entries: Mutex<Vec<(RequestKey, RequestMetrics)>>,
+}
+
+/// Label sets kept per stream.
+const CACHED_LABEL_SETS: usize = 8;
+
+impl RequestMetricsCache {
+    /// The metrics for `key`, made by `make` the first time it is seen.
+    pub fn get(&self, key: RequestKey, make: impl FnOnce() -> RequestMetrics) -> RequestMetrics {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, m)) = entries.iter().find(|(k, _)| k.matches(&key)) {
+            return m.clone();
+        }
+        let m = make();
+        if entries.len() >= CACHED_LABEL_SETS {
+            entries.remove(0);
+        }
+        entries.push((key, m.clone()));
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(version: &str) -> Arc<Workload> {
+        Arc::new(Workload {
+            uid: "w".into(),
+            name: "echo-1".into(),
+            namespace: "default".into(),
+            addresses: vec![],
+            identity: mesh_core::Identity::new("cluster.local", "default", "echo").unwrap(),
+            app: "echo".into(),
+            version: version.into(),
+            workload_name: "echo".into(),
+            healthy: true,
+            services: Default::default(),
+            waypoint: None,
+        })
+    }
+
+    fn key(w: &Arc<Workload>, status: u16) -> RequestKey {
+        RequestKey {
+            destination: Some(w.clone()),
+            service: None,
+            grpc: false,
+            status,
+            grpc_status: None,
+            flags: "-",
+        }
+    }
+
+    fn labels(w: &Workload, status: u16) -> RequestLabels {
+        let parties = Parties {
+            source: None,
+            source_principal: "spiffe://cluster.local/ns/default/sa/client",
+            destination: Some(w),
+            service: None,
+        };
+        RequestLabels::new(&parties, "http", status, None, "-")
+    }
+
+    /// The label sets a cached handle counts in, read back from the families.
+    fn count(m: &Metrics, w: &Workload, status: u16) -> u64 {
+        m.requests.get_or_create(&labels(w, status)).get()
+    }
+
+    #[test]
+    fn cached_handles_count_in_the_label_set_they_were_made_for() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let cache = RequestMetricsCache::default();
+        let (v1, v2) = (workload("v1"), workload("v2"));
+        let mut made = 0;
+        for (w, status) in [(&v1, 200), (&v1, 200), (&v1, 503), (&v2, 200), (&v1, 200)] {
+            cache
+                .get(key(w, status), || {
+                    made += 1;
+                    m.request_metrics(&labels(w, status))
+                })
+                .record(1.0, 0, 10);
+        }
+        assert_eq!(made, 3, "one lookup per label set");
+        assert_eq!(count(&m, &v1, 200), 3);
+        assert_eq!(count(&m, &v1, 503), 1);
+        assert_eq!(count(&m, &v2, 200), 1);
+        // A workload replaced by discovery is a new label set, even when equal.
+        let v1_again = workload("v1");
+        cache
+            .get(key(&v1_again, 200), || {
+                made += 1;
+                m.request_metrics(&labels(&v1_again, 200))
+            })
+            .record(1.0, 0, 10);
+        assert_eq!(made, 4);
+        assert_eq!(count(&m, &v1, 200), 4);
+    }
+
+    #[test]
+    fn the_cache_keeps_the_last_label_sets_only() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let cache = RequestMetricsCache::default();
+        let w = workload("v1");
+        for status in 0..CACHED_LABEL_SETS as u16 + 1 {
+            cache.get(key(&w, 200 + status), || {
+                m.request_metrics(&labels(&w, 200 + status))
+            });
+        }
+        let mut made = false;
+        cache.get(key(&w, 200), || {
+            made = true;
+            m.request_metrics(&labels(&w, 200))
+        });
+        assert!(made, "the oldest entry was evicted");
+        assert_eq!(cache.entries.lock().unwrap().len(), CACHED_LABEL_SETS);
     }
 }

@@ -26,11 +26,11 @@ use crate::errors::LocalReply;
 use crate::filters;
 use crate::headers::{self, TraceContext};
 use crate::listener::{Destination, Protocol, StreamContext};
-use crate::metrics::{DenialLabels, Parties, Rejection, RequestLabels};
+use crate::metrics::{DenialLabels, Parties, Rejection, RequestKey, RequestLabels};
 use crate::proxy::Proxy;
 use crate::retry;
 use crate::route::{self, RequestHead, Rule, Selection};
-use crate::upstream::UpstreamBody;
+use crate::upstream::{EndpointBody, UpstreamBody};
 
 /// What the route phase chose: where the request goes and with what limits.
 #[derive(Debug, Clone)]
@@ -528,7 +528,7 @@ async fn forward(
     target: &Target<'_>,
     req: Request<CountedBody<Incoming>>,
     record: &mut Record,
-) -> Result<Response<Incoming>, LocalReply> {
+) -> Result<Response<EndpointBody>, LocalReply> {
     let proxy = &ctx.proxy;
     let rule = target.rule;
     let retry = rule.and_then(|r| r.retry.as_ref());
@@ -611,7 +611,7 @@ async fn attempt(
     endpoint: &Endpoint,
     req: Request<UpstreamBody>,
     timeout: Option<Duration>,
-) -> (Result<Response<Incoming>, LocalReply>, Outcome) {
+) -> (Result<Response<EndpointBody>, LocalReply>, Outcome) {
     let in_flight = proxy.balancer.start(endpoint.addr);
     let started = Instant::now();
     let send = proxy.upstream.send(endpoint, target.h2, req);
@@ -676,7 +676,7 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The endpoint's response as the caller gets it.
 fn respond(
-    resp: Response<Incoming>,
+    resp: Response<EndpointBody>,
     ctx: &StreamContext,
     target: &Target<'_>,
     mut record: Record,
@@ -738,38 +738,43 @@ impl Finish for Record {
         let r = *self;
         let ctx = &r.ctx;
         let duration = r.start.elapsed();
-        let grpc_status = grpc_status.and_then(|v| v.to_str().ok());
+        let grpc_text = grpc_status.and_then(|v| v.to_str().ok());
         let request_bytes = r.request_bytes.load(Ordering::Relaxed);
         let endpoint = r.endpoint.as_ref();
-        let service = r.service.as_deref().or(match &ctx.destination {
-            Destination::Service(s, _) => Some(&**s),
+        let service = r.service.clone().or_else(|| match &ctx.destination {
+            Destination::Service(s, _) => Some(s.clone()),
             Destination::Workload(..) => None,
         });
-        let parties = Parties {
-            source: ctx.source.as_deref(),
-            source_principal: &ctx.caller.uri,
-            destination: endpoint.map(|e| &*e.workload),
-            service,
+        let make = || {
+            let parties = Parties {
+                source: ctx.source.as_deref(),
+                source_principal: &ctx.caller.uri,
+                destination: endpoint.map(|e| &*e.workload),
+                service: service.as_deref(),
+            };
+            ctx.proxy.metrics.request_metrics(&RequestLabels::new(
+                &parties,
+                if r.grpc { "grpc" } else { "http" },
+                r.status,
+                grpc_text,
+                r.flags,
+            ))
         };
-        let labels = RequestLabels::new(
-            &parties,
-            if r.grpc { "grpc" } else { "http" },
-            r.status,
-            grpc_status,
-            r.flags,
+        let key = RequestKey {
+            destination: endpoint.map(|e| e.workload.clone()),
+            service: service.clone(),
+            grpc: r.grpc,
+            status: r.status,
+            grpc_status: grpc_status.cloned(),
+            flags: r.flags,
+        };
+        let metrics = ctx.request_metrics.get(key, make);
+        metrics.record(
+            duration.as_secs_f64() * 1000.0,
+            request_bytes,
+            response_bytes,
         );
-        let m = &ctx.proxy.metrics;
-        m.requests.get_or_create(&labels).inc();
-        m.duration_ms
-            .get_or_create(&labels)
-            .observe(duration.as_secs_f64() * 1000.0);
-        m.request_bytes
-            .get_or_create(&labels)
-            .observe(request_bytes as f64);
-        m.response_bytes
-            .get_or_create(&labels)
-            .observe(response_bytes as f64);
-        crate::access_log::line(&crate::access_log::Entry {
+        ctx.proxy.access_log.line(&crate::access_log::Entry {
             start: r.started,
             method: r.method.as_str(),
             authority: r
@@ -781,14 +786,14 @@ impl Finish for Record {
             path: r.uri.path(),
             protocol: protocol_name(r.version, r.grpc),
             status: r.status,
-            grpc_status,
+            grpc_status: grpc_text,
             flags: r.flags,
             request_bytes,
             response_bytes,
             duration,
             upstream: endpoint.map(|e| e.addr),
             source_principal: &ctx.caller.uri,
-            destination_principal: endpoint.map(|e| e.workload.identity.to_string()),
+            destination_principal: endpoint.map(|e| &e.workload.identity),
             route: r.route.as_deref(),
             decision: if r.decision.is_empty() {
                 "-"

@@ -9,6 +9,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use mesh_core::Identity;
 use mesh_core::tls::CertStore;
 
+use crate::access_log::AccessLog;
 use crate::balance::Balancer;
 use crate::config::Snapshot;
 use crate::discovery::Discovery;
@@ -55,6 +56,7 @@ pub struct Proxy {
     pub budget: Budget,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    pub access_log: Arc<AccessLog>,
     /// The waypoint's own identity (presented upstream, `By=` in XFCC).
     pub identity: Identity,
     pub identity_uri: String,

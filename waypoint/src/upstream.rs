@@ -1,20 +1,25 @@
 //! Forwarding to endpoints: pooled HBONE to the endpoint's ztunnel with the
 //! waypoint's own identity (expected peer: the endpoint workload's identity,
 //! authority `endpoint_ip:target_port`), and over each CONNECT stream an HTTP
-//! client connection. HTTP/1.1 connections are kept alive and reused per
-//! endpoint; HTTP/2 is one multiplexed connection per endpoint. A tunnel is
-//! opened per connection, never per request.
+//! client connection. HTTP/1.1 connections (hyper) are kept alive and reused
+//! per endpoint; HTTP/2 (the h2 crate, see [`h2`]) is one multiplexed
+//! connection per endpoint. A tunnel is opened per connection, never per
+//! request.
+
+mod h2;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use mesh_core::Identity;
 use mesh_core::hbone::{ConnectRequest, HboneError, Pool, PoolKey, Tunnel};
 
@@ -38,13 +43,49 @@ pub enum UpstreamError {
     #[error("HTTP handshake with {endpoint} over HBONE: {source}")]
     Handshake {
         endpoint: SocketAddr,
-        source: hyper::Error,
+        source: BoxError,
     },
     #[error("request to {endpoint}: {source}")]
     Request {
         endpoint: SocketAddr,
-        source: hyper::Error,
+        source: BoxError,
     },
+}
+
+/// An endpoint's response body, from an HTTP/1.1 connection or an HTTP/2 stream.
+#[derive(Debug)]
+pub enum EndpointBody {
+    Http1(Incoming),
+    Http2(h2::ResponseBody),
+}
+
+impl Body for EndpointBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            EndpointBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            EndpointBody::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            EndpointBody::Http1(b) => b.is_end_stream(),
+            EndpointBody::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            EndpointBody::Http1(b) => b.size_hint(),
+            EndpointBody::Http2(b) => b.size_hint(),
+        }
+    }
 }
 
 impl UpstreamError {
@@ -65,7 +106,7 @@ impl UpstreamError {
 #[derive(Debug, Default)]
 struct EndpointConns {
     idle_h1: Mutex<Vec<http1::SendRequest<UpstreamBody>>>,
-    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    h2: Mutex<Option<h2::Connection>>,
 }
 
 #[derive(Debug)]
@@ -130,25 +171,25 @@ impl Upstream {
         endpoint: &Endpoint,
         h2: bool,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<EndpointBody>, UpstreamError> {
         let conns = self.conns(endpoint.addr);
         let addr = endpoint.addr;
-        let request_err = |e| UpstreamError::Request {
+        let request_err = |e: BoxError| UpstreamError::Request {
             endpoint: addr,
             source: e,
         };
         if h2 {
-            let sender = lock(&conns.h2).clone().filter(|s| !s.is_closed());
-            let mut sender = match sender {
-                Some(s) => s,
+            let conn = lock(&conns.h2).clone().filter(|c| !c.is_closed());
+            let conn = match conn {
+                Some(c) => c,
                 None => {
-                    let s = self.open_h2(endpoint).await?;
-                    *lock(&conns.h2) = Some(s.clone());
-                    s
+                    let c = self.open_h2(endpoint).await?;
+                    *lock(&conns.h2) = Some(c.clone());
+                    c
                 }
             };
-            sender.ready().await.map_err(request_err)?;
-            return sender.send_request(req).await.map_err(request_err);
+            let resp = conn.send(req).await.map_err(|e| request_err(e.into()))?;
+            return Ok(resp.map(EndpointBody::Http2));
         }
         let reused = {
             let mut idle = lock(&conns.idle_h1);
@@ -161,7 +202,7 @@ impl Upstream {
             Some(s) => s,
             None => self.open_h1(endpoint).await?,
         };
-        sender.ready().await.map_err(request_err)?;
+        sender.ready().await.map_err(|e| request_err(e.into()))?;
         let response = sender.send_request(req);
         // The connection becomes ready again once this response's body is
         // read; it waits in the idle list until then.
@@ -171,7 +212,8 @@ impl Upstream {
                 idle.push(sender);
             }
         }
-        response.await.map_err(request_err)
+        let resp = response.await.map_err(|e| request_err(e.into()))?;
+        Ok(resp.map(EndpointBody::Http1))
     }
 
     async fn open_h1(
@@ -186,7 +228,7 @@ impl Upstream {
                 .await
                 .map_err(|e| UpstreamError::Handshake {
                     endpoint: endpoint.addr,
-                    source: e,
+                    source: e.into(),
                 })?;
         tokio::spawn(async move {
             if let Err(error) = conn.await {
@@ -196,24 +238,13 @@ impl Upstream {
         Ok(sender)
     }
 
-    async fn open_h2(
-        &self,
-        endpoint: &Endpoint,
-    ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+    async fn open_h2(&self, endpoint: &Endpoint) -> Result<h2::Connection, UpstreamError> {
         let tunnel = self.tunnel(endpoint).await?;
-        let io = TokioIo::new(StreamIo::from_tunnel(tunnel));
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
+        h2::Connection::handshake(StreamIo::from_tunnel(tunnel))
             .await
             .map_err(|e| UpstreamError::Handshake {
                 endpoint: endpoint.addr,
-                source: e,
-            })?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, "upstream HTTP/2 connection ended");
-            }
-        });
-        Ok(sender)
+                source: e.into(),
+            })
     }
 }

@@ -227,3 +227,91 @@ async fn opaque_tcp_is_copied_to_an_endpoint() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// An HTTP/2 client whose request bodies are fed from a channel, chunk by chunk.
+type Chunks = tokio::sync::mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>;
+type StreamedBody = http_body_util::StreamBody<
+    tokio_stream::wrappers::ReceiverStream<
+        Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>,
+    >,
+>;
+
+fn streamed() -> (Chunks, StreamedBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    (
+        tx,
+        http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_request_bodies_are_forwarded_whole_when_ready_and_as_they_arrive() -> Result<()> {
+    let mut mesh = Mesh::start(|_| {}).await?;
+    let _dest = mesh.destination(2, "echo-b").await?;
+    let h2b = Backend::start("echo-h2", true).await?;
+    let vip = mesh
+        .service("echo2", 101, 8080, &[("echo-b", 2, h2b.port)])
+        .await?;
+    let io = mesh.connect(vip).await?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake::<_, _, StreamedBody>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let url = "http://echo2.default.svc.cluster.local:8080/upload";
+
+    // Already here when the waypoint forwards it: sent with the request head.
+    let (tx, body) = streamed();
+    tx.send(Ok(hyper::body::Frame::data(vec![b'a'; 1000].into())))
+        .await?;
+    drop(tx);
+    let resp = send
+        .send_request(http::Request::post(url).body(body)?)
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_text(resp).await?, "echo-h2 /upload 1000");
+
+    // Still arriving: piped as it comes, across flow-control windows.
+    let (tx, body) = streamed();
+    let pending = send.send_request(http::Request::post(url).body(body)?);
+    let feeder = tokio::spawn(async move {
+        for _ in 0..40 {
+            tx.send(Ok(hyper::body::Frame::data(vec![b'b'; 100_000].into())))
+                .await?;
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        anyhow::Ok(())
+    });
+    let resp = tokio::time::timeout(PATIENCE, pending).await??;
+    feeder.await??;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_text(resp).await?, "echo-h2 /upload 4000000");
+
+    // A body that fails midway resets the upstream request; the caller gets
+    // an error reply, and the connection keeps serving.
+    let (tx, body) = streamed();
+    let pending = send.send_request(http::Request::post(url).body(body)?);
+    tx.send(Ok(hyper::body::Frame::data(vec![b'c'; 10].into())))
+        .await?;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    tx.send(Err(std::io::Error::other("the client gave up")))
+        .await?;
+    let failed = tokio::time::timeout(PATIENCE, pending).await?;
+    if let Ok(resp) = failed {
+        assert_ne!(
+            resp.status(),
+            StatusCode::OK,
+            "a failed body must not look served"
+        );
+    }
+    let (tx, body) = streamed();
+    drop(tx);
+    send.ready().await?;
+    let resp = send
+        .send_request(http::Request::post(url).body(body)?)
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_text(resp).await?, "echo-h2 /upload 0");
+    Ok(())
+}

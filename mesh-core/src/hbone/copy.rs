@@ -143,21 +143,40 @@ async fn tcp_to_tunnel(
             return Ok(());
         }
         *count += n as u64;
-        let mut chunk = buf.split().freeze();
-        while !chunk.is_empty() {
-            send.reserve_capacity(chunk.len());
-            let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(Ok(c)) => c,
-                Some(Err(e)) => return Err(h2_io(e)),
-                None => return Err(io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed")),
-            };
-            if granted == 0 {
-                continue;
-            }
-            let part = chunk.split_to(granted.min(chunk.len()));
-            send.send_data(part, false).map_err(h2_io)?;
-        }
+        send_within_window(send, buf.split().freeze(), false).await?;
     }
+}
+
+/// Sends `data` on `send` as the peer's flow-control window allows: waits
+/// for capacity and sends what is granted until all of it went out, so a
+/// slow peer bounds what is buffered. `end_of_stream` goes with the last part
+/// (alone, when `data` is empty).
+pub async fn send_within_window(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end_of_stream: bool,
+) -> io::Result<()> {
+    if data.is_empty() {
+        if end_of_stream {
+            send.send_data(data, true).map_err(h2_io)?;
+        }
+        return Ok(());
+    }
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(h2_io(e)),
+            None => return Err(io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed")),
+        };
+        if granted == 0 {
+            continue;
+        }
+        let part = data.split_to(granted.min(data.len()));
+        send.send_data(part, end_of_stream && data.is_empty())
+            .map_err(h2_io)?;
+    }
+    Ok(())
 }
 
 enum DownError {
