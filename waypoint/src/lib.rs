@@ -25,6 +25,7 @@ pub mod fault;
 pub mod filters;
 pub mod headers;
 mod in_connection;
+pub mod jwt;
 pub mod listener;
 pub mod metrics;
 mod outcome;

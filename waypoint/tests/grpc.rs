@@ -165,7 +165,7 @@ async fn grpc_unary_and_streaming_work_through_the_waypoint_and_denials_are_perm
             }],
             ..Default::default()
         }],
-        policies: vec![],
+        ..Default::default()
     })
     .await?;
     let err = unary

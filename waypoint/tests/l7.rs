@@ -60,7 +60,7 @@ fn waypoint(services: Vec<wp::Service>) -> wp::Waypoint {
         namespace: NS.into(),
         name: GATEWAY.into(),
         services,
-        policies: vec![],
+        ..Default::default()
     }
 }
 

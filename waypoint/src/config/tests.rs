@@ -48,6 +48,7 @@ fn services_by_address_and_host_with_ports() {
             service("db", &["10.96.0.11"], vec![]),
         ],
         policies: vec![],
+        authentications: vec![],
     };
     let (snap, errors) = Snapshot::compile(&w);
     assert_eq!(errors, vec![]);
@@ -130,6 +131,7 @@ fn invalid_parts_are_dropped_and_named() {
             action: 9,
             ..Default::default()
         }],
+        authentications: vec![],
     };
     let (snap, errors) = Snapshot::compile(&w);
     let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -424,11 +426,13 @@ fn random_waypoint(rng: &mut StdRng) -> pb::Waypoint {
                 policies: (0..rng.random_range(0..3))
                     .map(|_| random_policy(rng))
                     .collect(),
+                authentications: vec![],
             })
             .collect(),
         policies: (0..rng.random_range(0..3))
             .map(|_| random_policy(rng))
             .collect(),
+        authentications: vec![],
     }
 }
 
