@@ -14,7 +14,7 @@ use gateway_api::apis::standard::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-pub use istio::{AuthorizationPolicy, PeerAuthentication, ServiceEntry};
+pub use istio::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication, ServiceEntry};
 
 /// Namespace and name of an object; the namespace is empty for cluster-scoped
 /// kinds (Namespace, Node).
@@ -187,6 +187,7 @@ kinds! {
     GRPCRoute, grpc_routes, GrpcRoute, "gateway.networking.k8s.io/v1", true;
     AuthorizationPolicy, authorization_policies, AuthorizationPolicy, "security.istio.io/v1", true;
     PeerAuthentication, peer_authentications, PeerAuthentication, "security.istio.io/v1", true;
+    RequestAuthentication, request_authentications, RequestAuthentication, "security.istio.io/v1", true;
     ServiceEntry, service_entries, ServiceEntry, "networking.istio.io/v1", true;
 }
 

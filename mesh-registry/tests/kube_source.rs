@@ -588,3 +588,46 @@ async fn routes_and_target_ref_policies_are_read() -> Result<()> {
     assert_eq!(policy.spec.target_refs[0].name, "waypoint");
     Ok(())
 }
+
+/// RequestAuthentication (security.istio.io/v1) is watched like the other
+/// Istio kinds, and its conditions go to its status subresource.
+#[tokio::test]
+async fn request_authentications_are_read_and_their_status_written() -> Result<()> {
+    let server = server_with(Kind::ALL).await;
+    server.apply(json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+        "metadata": {"name": "jwt", "namespace": "shop"},
+        "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                 "jwtRules": [{"issuer": "https://issuer.example", "jwksUri": "https://issuer.example/keys",
+                               "fromHeaders": [{"name": "x-jwt", "prefix": "Bearer "}],
+                               "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}]}]}}));
+    let (registry, source) = watch(&server);
+    synced(&source).await;
+    let store = registry.snapshot();
+    let ra = &store.request_authentications[&NamespacedName::new("shop", "jwt")];
+    assert_eq!(ra.spec.target_refs[0].name, "web");
+    assert_eq!(ra.spec.jwt_rules[0].jwks_uri, "https://issuer.example/keys");
+    assert_eq!(ra.spec.jwt_rules[0].from_headers[0].prefix, "Bearer ");
+
+    let conditions = [ObjectCondition {
+        object: ObjectKey {
+            kind: Kind::RequestAuthentication,
+            name: NamespacedName::new("shop", "jwt"),
+        },
+        type_: "Accepted".to_string(),
+        status: false,
+        reason: "TargetNotFound".to_string(),
+        message: "targetRefs[0] names Service shop/web, which does not exist".to_string(),
+    }];
+    source.write_status(&conditions).await?;
+    let patches = server.patches();
+    assert_eq!(patches.len(), 1);
+    assert_eq!(
+        patches[0].path,
+        "/apis/security.istio.io/v1/namespaces/shop/requestauthentications/jwt/status"
+    );
+    assert_eq!(
+        patches[0].body["status"]["conditions"][0]["reason"],
+        "TargetNotFound"
+    );
+    Ok(())
+}

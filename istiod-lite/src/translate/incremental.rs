@@ -123,7 +123,8 @@ impl Translator {
 }
 
 /// Whether a change reaches the waypoints' L7 resources: they read
-/// Gateways, Services, Namespaces (bindings), routes and policies only.
+/// Gateways, Services, Namespaces (bindings), routes, policies and
+/// RequestAuthentications only.
 fn l7_inputs_changed(old: &Store, new: &Store) -> bool {
     changed(&old.gateways, &new.gateways).next().is_some()
         || changed(&old.http_routes, &new.http_routes).next().is_some()
@@ -133,6 +134,9 @@ fn l7_inputs_changed(old: &Store, new: &Store) -> bool {
             .is_some()
         || changed(&old.services, &new.services).next().is_some()
         || changed(&old.namespaces, &new.namespaces).next().is_some()
+        || changed(&old.request_authentications, &new.request_authentications)
+            .next()
+            .is_some()
 }
 
 /// Keys added, removed or changed between two maps.
@@ -172,6 +176,8 @@ fn changed_namespaces(old: &Store, new: &Store, mesh: &MeshConfig) -> Option<BTr
         authorization_policies,
         peer_authentications,
         service_entries,
+        // Read by the L7 part only, which is translated in full.
+        request_authentications: _,
     } = new;
     if changed(&old.nodes, nodes).next().is_some()
         || changed(&old.gateways, gateways).next().is_some()
@@ -389,6 +395,8 @@ fn scoped_store(store: &Store, namespaces: &BTreeSet<String>, mesh: &MeshConfig)
         authorization_policies: of_namespaces(&store.authorization_policies, &scope),
         peer_authentications: of_namespaces(&store.peer_authentications, &scope),
         service_entries: of_namespaces(&store.service_entries, &scope),
+        // The workload part does not read them.
+        request_authentications: Default::default(),
     }
 }
 

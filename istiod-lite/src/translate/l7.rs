@@ -102,6 +102,7 @@ pub fn translate_waypoints(store: &Store, mesh: &MeshConfig) -> L7 {
                 name: key.name.clone(),
                 services: Vec::new(),
                 policies: policies.gateways.remove(key).unwrap_or_default(),
+                authentications: Vec::new(),
             };
             (key.to_string(), resource)
         })
@@ -196,6 +197,7 @@ fn service(key: &NamespacedName, store: &Store, mesh: &MeshConfig) -> wp::Servic
         ports,
         routes: Vec::new(),
         policies: Vec::new(),
+        authentications: Vec::new(),
     }
 }
 

@@ -257,3 +257,81 @@ fn routes_and_target_ref_policies_are_read() {
         ("Service", "web")
     );
 }
+
+#[test]
+fn request_authentications_are_read_with_every_jwt_rule_field() {
+    let parsed = parse(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\n\
+         spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]\n  \
+         jwtRules:\n  - issuer: https://issuer.example\n    audiences: [shop]\n    \
+         jwksUri: https://issuer.example/keys\n    timeout: 3s\n    \
+         fromHeaders: [{name: x-jwt, prefix: \"Bearer \"}, {name: x-raw}]\n    \
+         fromParams: [token]\n    fromCookies: [session]\n    \
+         outputPayloadToHeader: x-payload\n    forwardOriginalToken: true\n    \
+         outputClaimToHeaders: [{header: x-sub, claim: sub}]\n    \
+         futureField: tolerated\n  \
+         - issuer: inline\n    jwks: '{\"keys\": []}'\n\
+         ---\n\
+         apiVersion: security.istio.io/v1beta1\nkind: RequestAuthentication\nmetadata: {name: sel, namespace: shop}\n\
+         spec: {selector: {matchLabels: {app: web}}, jwtRules: [{jwksUri: https://x/keys}]}\n",
+    );
+    assert!(parsed.errors.is_empty(), "{:?}", messages(&parsed));
+    assert_eq!(
+        keys(&parsed),
+        [
+            "RequestAuthentication shop/jwt",
+            "RequestAuthentication shop/sel"
+        ]
+    );
+    let crate::model::Object::RequestAuthentication(ra) = &parsed.objects[0].object else {
+        panic!("not a RequestAuthentication")
+    };
+    assert_eq!(ra.spec.target_refs[0].kind, "Gateway");
+    let rule = &ra.spec.jwt_rules[0];
+    assert_eq!(rule.issuer, "https://issuer.example");
+    assert_eq!(rule.audiences, ["shop"]);
+    assert_eq!(rule.jwks_uri, "https://issuer.example/keys");
+    assert_eq!(rule.timeout.as_deref(), Some("3s"));
+    assert_eq!(
+        (
+            rule.from_headers[0].name.as_str(),
+            rule.from_headers[0].prefix.as_str()
+        ),
+        ("x-jwt", "Bearer ")
+    );
+    assert_eq!(rule.from_headers[1].prefix, "");
+    assert_eq!(rule.from_params, ["token"]);
+    assert_eq!(rule.from_cookies, ["session"]);
+    assert_eq!(rule.output_payload_to_header, "x-payload");
+    assert!(rule.forward_original_token);
+    assert_eq!(
+        (
+            rule.output_claim_to_headers[0].header.as_str(),
+            rule.output_claim_to_headers[0].claim.as_str()
+        ),
+        ("x-sub", "sub")
+    );
+    assert_eq!(ra.spec.jwt_rules[1].jwks, "{\"keys\": []}");
+    assert!(!ra.spec.jwt_rules[1].forward_original_token);
+
+    let crate::model::Object::RequestAuthentication(sel) = &parsed.objects[1].object else {
+        panic!("not a RequestAuthentication")
+    };
+    // A rule without an issuer is read; translation reports it on the object.
+    assert_eq!(sel.spec.jwt_rules[0].issuer, "");
+    assert_eq!(
+        sel.spec.selector.as_ref().unwrap().match_labels["app"],
+        "web"
+    );
+}
+
+#[test]
+fn a_request_authentication_with_a_wrong_field_type_names_its_path() {
+    let parsed = parse(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: bad}\n\
+         spec: {jwtRules: [{issuer: a, fromHeaders: [{prefix: x}]}]}\n",
+    );
+    assert!(parsed.objects.is_empty());
+    let text = messages(&parsed).join("\n");
+    assert!(text.contains("spec.jwtRules[0].fromHeaders[0]"), "{text}");
+}

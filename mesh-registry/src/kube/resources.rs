@@ -9,7 +9,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::ApiResource;
 
 use crate::model::{
-    AuthorizationPolicy, Kind, NamespacedName, PeerAuthentication, ServiceEntry, Store,
+    AuthorizationPolicy, Kind, NamespacedName, PeerAuthentication, RequestAuthentication,
+    ServiceEntry, Store,
 };
 
 /// Group, version and plural of a kind, taken from its Rust type so the
@@ -27,6 +28,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::GRPCRoute => ApiResource::erase::<GrpcRoute>(&()),
         Kind::AuthorizationPolicy => ApiResource::erase::<AuthorizationPolicy>(&()),
         Kind::PeerAuthentication => ApiResource::erase::<PeerAuthentication>(&()),
+        Kind::RequestAuthentication => ApiResource::erase::<RequestAuthentication>(&()),
         Kind::ServiceEntry => ApiResource::erase::<ServiceEntry>(&()),
     }
 }
@@ -45,6 +47,7 @@ pub fn names_of_kind(store: &Store, kind: Kind) -> Vec<NamespacedName> {
         Kind::GRPCRoute => store.grpc_routes.keys().cloned().collect(),
         Kind::AuthorizationPolicy => store.authorization_policies.keys().cloned().collect(),
         Kind::PeerAuthentication => store.peer_authentications.keys().cloned().collect(),
+        Kind::RequestAuthentication => store.request_authentications.keys().cloned().collect(),
         Kind::ServiceEntry => store.service_entries.keys().cloned().collect(),
     }
 }
@@ -67,5 +70,9 @@ mod tests {
         );
         assert_eq!(api_resource(Kind::HTTPRoute).plural, "httproutes");
         assert_eq!(api_resource(Kind::ServiceEntry).plural, "serviceentries");
+        assert_eq!(
+            api_resource(Kind::RequestAuthentication).plural,
+            "requestauthentications"
+        );
     }
 }

@@ -28,6 +28,7 @@ fn to_value(object: &Object) -> Value {
         Object::AuthorizationPolicy(o) => serde_json::to_value(&**o),
         Object::PeerAuthentication(o) => serde_json::to_value(&**o),
         Object::ServiceEntry(o) => serde_json::to_value(&**o),
+        Object::RequestAuthentication(o) => serde_json::to_value(&**o),
     };
     value.expect("objects serialize")
 }
@@ -46,6 +47,7 @@ fn keys(store: &Store) -> Vec<ObjectKey> {
         authorization_policies,
         peer_authentications,
         service_entries,
+        request_authentications,
     } = store;
     let of = |kind: Kind, names: Vec<&NamespacedName>| {
         names
@@ -75,6 +77,10 @@ fn keys(store: &Store) -> Vec<ObjectKey> {
             peer_authentications.keys().collect(),
         ),
         of(Kind::ServiceEntry, service_entries.keys().collect()),
+        of(
+            Kind::RequestAuthentication,
+            request_authentications.keys().collect(),
+        ),
     ]
     .concat()
 }
