@@ -1,6 +1,7 @@
 //! One `Waypoint` resource compiled into an immutable snapshot: services by
-//! address and host name, each with its ports, route table and policies, and
-//! the policies attached to the waypoint's Gateway.
+//! address and host name, each with its ports, route table, policies and
+//! JWT rules, and the policies and JWT rules attached to the waypoint's
+//! Gateway. Key sets are parsed here, once per snapshot, never per request.
 //!
 //! Compilation never fails as a whole: an invalid part (a bad regex, CIDR,
 //! port or protocol, a weight above the Gateway API's limit, a redirect and
@@ -13,6 +14,7 @@ use std::net::IpAddr;
 
 use mesh_api::ambit::waypoint::v1 as pb;
 
+use crate::authn::{self, AuthnError, AuthnSet};
 use crate::authz::{self, PolicyError, PolicySet};
 use crate::route::{self, RouteError};
 
@@ -58,6 +60,16 @@ pub enum ConfigError {
         target: String,
         policy: String,
         action: i32,
+    },
+    #[error(
+        "request authentication {authentication} (attached to {target}), rule #{rule} (issuer {issuer:?}): {reason}"
+    )]
+    Authentication {
+        target: String,
+        authentication: String,
+        rule: usize,
+        issuer: String,
+        reason: AuthnError,
     },
 }
 
@@ -108,6 +120,8 @@ pub struct ServiceConfig {
     pub ports: Vec<PortConfig>,
     pub routes: route::Table,
     pub policies: PolicySet,
+    /// JWT rules attached to the service, added to the Gateway's.
+    pub authentications: AuthnSet,
 }
 
 impl ServiceConfig {
@@ -128,6 +142,7 @@ pub struct Snapshot {
     by_address: HashMap<IpAddr, usize>,
     by_host: HashMap<String, usize>,
     gateway_policies: PolicySet,
+    gateway_authentications: AuthnSet,
 }
 
 impl Snapshot {
@@ -136,10 +151,13 @@ impl Snapshot {
         let mut errors = Vec::new();
         let gateway_target = format!("gateway {}/{}", w.namespace, w.name);
         let gateway_policies = authz::compile_policies(&gateway_target, &w.policies, &mut errors);
+        let gateway_authentications =
+            authn::compile(&gateway_target, &w.authentications, &mut errors);
         let mut snap = Snapshot {
             namespace: w.namespace.clone(),
             name: w.name.clone(),
             gateway_policies,
+            gateway_authentications,
             ..Snapshot::default()
         };
         for s in &w.services {
@@ -180,8 +198,9 @@ impl Snapshot {
             let ports = compile_ports(&label, &s.ports, &mut errors);
             let (routes, route_errors) = route::compile_routes(&label, &s.routes);
             errors.extend(route_errors);
-            let policies =
-                authz::compile_policies(&format!("service {label}"), &s.policies, &mut errors);
+            let target = format!("service {label}");
+            let policies = authz::compile_policies(&target, &s.policies, &mut errors);
+            let authentications = authn::compile(&target, &s.authentications, &mut errors);
             snap.services.push(ServiceConfig {
                 namespace: s.namespace.clone(),
                 name: s.name.clone(),
@@ -190,6 +209,7 @@ impl Snapshot {
                 ports,
                 routes,
                 policies,
+                authentications,
             });
         }
         (snap, errors)
@@ -220,6 +240,11 @@ impl Snapshot {
     /// Policies attached to the waypoint's Gateway.
     pub fn gateway_policies(&self) -> &PolicySet {
         &self.gateway_policies
+    }
+
+    /// JWT rules attached to the waypoint's Gateway.
+    pub fn gateway_authentications(&self) -> &AuthnSet {
+        &self.gateway_authentications
     }
 
     /// The Gateway's namespace.

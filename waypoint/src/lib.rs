@@ -15,6 +15,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod body;

@@ -392,6 +392,43 @@ fn random_policy(rng: &mut StdRng) -> pb::Policy {
     }
 }
 
+fn random_authentication(rng: &mut StdRng) -> pb::RequestAuthentication {
+    let jwks = [
+        String::new(),
+        r#"{"keys":[]}"#.to_string(),
+        r#"{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA"},{"kty":"RSA","n":"AQAB","e":"AQAB"}]}"#.to_string(),
+        garble(rng),
+    ];
+    pb::RequestAuthentication {
+        namespace: garble(rng),
+        name: garble(rng),
+        rules: (0..rng.random_range(0..3))
+            .map(|_| pb::JwtRule {
+                issuer: garble(rng),
+                audiences: strings(rng),
+                jwks: jwks[rng.random_range(0..jwks.len())].clone(),
+                from_headers: (0..rng.random_range(0..2))
+                    .map(|_| pb::JwtHeader {
+                        name: garble(rng),
+                        prefix: garble(rng),
+                    })
+                    .collect(),
+                from_params: strings(rng),
+                from_cookies: strings(rng),
+                forward_original_token: rng.random_bool(0.5),
+                output_payload_to_header: garble(rng),
+                output_claim_to_headers: (0..rng.random_range(0..2))
+                    .map(|_| pb::ClaimToHeader {
+                        header: garble(rng),
+                        claim: garble(rng),
+                    })
+                    .collect(),
+                jwks_uri: garble(rng),
+            })
+            .collect(),
+    }
+}
+
 fn random_waypoint(rng: &mut StdRng) -> pb::Waypoint {
     pb::Waypoint {
         namespace: garble(rng),
@@ -426,13 +463,17 @@ fn random_waypoint(rng: &mut StdRng) -> pb::Waypoint {
                 policies: (0..rng.random_range(0..3))
                     .map(|_| random_policy(rng))
                     .collect(),
-                authentications: vec![],
+                authentications: (0..rng.random_range(0..2))
+                    .map(|_| random_authentication(rng))
+                    .collect(),
             })
             .collect(),
         policies: (0..rng.random_range(0..3))
             .map(|_| random_policy(rng))
             .collect(),
-        authentications: vec![],
+        authentications: (0..rng.random_range(0..2))
+            .map(|_| random_authentication(rng))
+            .collect(),
     }
 }
 
@@ -470,6 +511,20 @@ fn exercise(snap: &Snapshot, rng: &mut StdRng) {
                 request: rng.random_bool(0.5).then_some(http),
             };
             let _ = authz::evaluate(snap.gateway_policies(), Some(&s.policies), &attrs);
+            let mut auth_headers = HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {}", garble(rng))) {
+                auth_headers.insert(http::header::AUTHORIZATION, v);
+            }
+            if let Ok(plan) = crate::authn::decide(
+                snap.gateway_authentications(),
+                Some(&s.authentications),
+                &auth_headers,
+                Some("access_token=a.b.c"),
+                0,
+            ) {
+                let mut uri = http::Uri::from_static("/p?access_token=a.b.c");
+                crate::authn::apply(&plan, &mut auth_headers, &mut uri);
+            }
         }
     }
 }
