@@ -34,6 +34,8 @@ pub struct Entry<'a> {
     pub duration: Duration,
     pub upstream: Option<SocketAddr>,
     pub source_principal: &'a str,
+    /// `<iss>/<sub>` of the request's verified JWT.
+    pub request_principal: Option<&'a str>,
     pub destination_principal: Option<&'a mesh_core::Identity>,
     pub route: Option<&'a str>,
     pub decision: &'a str,
@@ -95,6 +97,11 @@ fn render_into(s: &mut String, e: &Entry<'_>) {
     );
     for b in e.trace_id {
         let _ = write!(s, "{b:02x}");
+    }
+    // Only requests that carried a verified JWT have one: no field otherwise,
+    // so lines of meshes without RequestAuthentication stay as they were.
+    if let Some(p) = e.request_principal {
+        let _ = write!(s, " request_principal={}", quoted(p));
     }
 }
 
@@ -211,6 +218,7 @@ mod tests {
             duration: Duration::from_micros(250),
             upstream: Some("10.0.0.1:8080".parse().unwrap()),
             source_principal: "spiffe://cluster.local/ns/a/sa/b",
+            request_principal: None,
             destination_principal: None,
             route: Some("default/r"),
             decision: "allow",
@@ -240,6 +248,14 @@ mod tests {
         assert!(
             with_dst.contains(" dst=spiffe://cluster.local/ns/default/sa/echo "),
             "{with_dst}"
+        );
+        let with_jwt = render(&Entry {
+            request_principal: Some("https://issuer.example.com/alice"),
+            ..sample()
+        });
+        assert!(
+            with_jwt.ends_with(" request_principal=https://issuer.example.com/alice"),
+            "{with_jwt}"
         );
     }
 

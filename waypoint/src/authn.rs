@@ -303,14 +303,19 @@ pub fn decide(
     Ok(plan)
 }
 
-/// Carries out a plan on the request's headers and URI.
-pub fn apply(plan: &Plan, headers: &mut HeaderMap, uri: &mut Uri) {
+/// Carries out a plan on the request's headers.
+pub fn apply_headers(plan: &Plan, headers: &mut HeaderMap) {
     for h in plan.strip.iter().chain(&plan.remove_headers) {
         headers.remove(h);
     }
     for (h, v) in &plan.set {
         headers.insert(h.clone(), v.clone());
     }
+}
+
+/// Carries out a plan on the request's URI (query parameters that carried
+/// a token).
+pub fn apply_uri(plan: &Plan, uri: &mut Uri) {
     if plan.remove_params.is_empty() {
         return;
     }

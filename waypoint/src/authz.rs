@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use mesh_api::ambit::waypoint::v1 as pb;
 
 use crate::config::ConfigError;
+use crate::jwt::Verified;
 
 mod path;
 
@@ -120,6 +121,8 @@ pub struct HttpAttrs<'a> {
     pub path: &'a str,
     pub host: &'a str,
     pub headers: &'a HeaderMap,
+    /// The request's verified JWT (RequestAuthentication), if it carried one.
+    pub auth: Option<&'a Verified>,
 }
 
 /// Compiled policies of one attachment point.
@@ -235,10 +238,20 @@ enum Key {
     SourcePrincipal,
     DestinationIp,
     DestinationPort,
-    /// request.auth.*: Ambit validates no JWT, so never present.
-    RequestAuth,
+    /// request.auth.*: present when a JWT verified.
+    Auth(AuthKey),
     /// connection.sni: the waypoint sees no SNI, so never present.
     ConnectionSni,
+}
+
+/// Which part of the verified JWT a condition reads.
+#[derive(Debug, Clone)]
+enum AuthKey {
+    Principal,
+    Audiences,
+    Presenter,
+    /// `claims[a][b]`: the claim `b` of the object claim `a`.
+    Claim(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -389,7 +402,7 @@ fn compile_rule(r: &pb::PolicyRule) -> Result<RuleSpec, PolicyError> {
         if c.values.is_empty() && c.not_values.is_empty() {
             return Err(PolicyError::EmptyCondition { key: c.key.clone() });
         }
-        spec.http_only |= matches!(key, Key::Header(_) | Key::RequestAuth);
+        spec.http_only |= matches!(key, Key::Header(_) | Key::Auth(_));
         let values = |v: &[String]| -> Result<Values, PolicyError> {
             Ok(match key {
                 Key::SourceIp | Key::RemoteIp | Key::DestinationIp => {
@@ -420,8 +433,12 @@ fn parse_key(key: &str) -> Result<Key, PolicyError> {
                 value: name.to_string(),
             });
     }
-    if key.starts_with("request.auth.claims[") && key.ends_with(']') {
-        return Ok(Key::RequestAuth);
+    if let Some(path) = key.strip_prefix("request.auth.claims") {
+        return claim_path(path)
+            .map(|p| Key::Auth(AuthKey::Claim(p)))
+            .ok_or_else(|| PolicyError::UnknownKey {
+                key: key.to_string(),
+            });
     }
     Ok(match key {
         "source.ip" => Key::SourceIp,
@@ -430,9 +447,9 @@ fn parse_key(key: &str) -> Result<Key, PolicyError> {
         "source.principal" => Key::SourcePrincipal,
         "destination.ip" => Key::DestinationIp,
         "destination.port" => Key::DestinationPort,
-        "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter" => {
-            Key::RequestAuth
-        }
+        "request.auth.principal" => Key::Auth(AuthKey::Principal),
+        "request.auth.audiences" => Key::Auth(AuthKey::Audiences),
+        "request.auth.presenter" => Key::Auth(AuthKey::Presenter),
         "connection.sni" => Key::ConnectionSni,
         _ => {
             return Err(PolicyError::UnknownKey {
@@ -440,6 +457,22 @@ fn parse_key(key: &str) -> Result<Key, PolicyError> {
             });
         }
     })
+}
+
+/// `[a][b]...` (what follows `request.auth.claims`) as its names; `None`
+/// when it is not one or more non-empty bracketed names.
+fn claim_path(s: &str) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let (name, tail) = rest.strip_prefix('[')?.split_once(']')?;
+        if name.is_empty() || name.contains('[') {
+            return None;
+        }
+        names.push(name.to_string());
+        rest = tail;
+    }
+    (!names.is_empty()).then_some(names)
 }
 
 /// Decides a request or connection; see the module docs.
@@ -594,16 +627,16 @@ fn rule_matches(r: &RuleSpec, f: &Facts, deny: bool) -> bool {
 }
 
 fn source_matches(s: &Source, f: &Facts) -> bool {
-    // No request principal ever exists (no JWT validation): an HTTP-only
-    // field that on TCP a DENY rule ignores anyway.
-    let no_request_principal: Option<&str> = None;
+    // Request principals are HTTP-only: on TCP only DENY rules get here,
+    // and they ignore them.
     str_field(&s.principals, &s.not_principals, f.principal)
-        && (f.attrs.request.is_none()
-            || str_field(
+        && f.attrs.request.as_ref().is_none_or(|r| {
+            str_field(
                 &s.request_principals,
                 &s.not_request_principals,
-                no_request_principal,
-            ))
+                r.auth.map(|a| a.principal.as_str()),
+            )
+        })
         && str_field(&s.namespaces, &s.not_namespaces, f.namespace)
         && net_field(&s.ip_blocks, &s.not_ip_blocks, f.attrs.source_ip)
         && net_field(
@@ -641,6 +674,16 @@ fn condition_holds(c: &Condition, f: &Facts, deny: bool) -> bool {
         (Values::Strings(w), Values::Strings(n)) => str_field(w, n, v),
         _ => false,
     };
+    // An attribute with several values (a repeated header, audiences, an
+    // array claim): some value matches `values`, none matches `not_values`.
+    let multi_cond = |values: &[&str]| match (&c.values, &c.not_values) {
+        (Values::Strings(w), Values::Strings(n)) => {
+            let pos = w.is_empty() || values.iter().any(|v| w.iter().any(|m| m.matches(v)));
+            let neg = !values.iter().any(|v| n.iter().any(|m| m.matches(v)));
+            pos && neg
+        }
+        _ => false,
+    };
     match &c.key {
         Key::SourceIp | Key::RemoteIp => ip_cond(f.attrs.source_ip),
         Key::DestinationIp => ip_cond(f.attrs.destination_ip),
@@ -650,9 +693,23 @@ fn condition_holds(c: &Condition, f: &Facts, deny: bool) -> bool {
         },
         Key::SourceNamespace => str_cond(f.namespace),
         Key::SourcePrincipal => str_cond(f.principal),
-        // HTTP-only, so a DENY rule ignores it on TCP.
-        Key::RequestAuth if f.attrs.request.is_none() => deny,
-        Key::RequestAuth | Key::ConnectionSni => str_cond(None),
+        Key::Auth(k) => match &f.attrs.request {
+            // HTTP-only, so a DENY rule ignores it on TCP.
+            None => deny,
+            Some(req) => {
+                let values: Vec<&str> = match (req.auth, k) {
+                    (None, _) => Vec::new(),
+                    (Some(a), AuthKey::Principal) => vec![a.principal.as_str()],
+                    (Some(a), AuthKey::Audiences) => {
+                        a.audiences.iter().map(String::as_str).collect()
+                    }
+                    (Some(a), AuthKey::Presenter) => a.presenter.as_deref().into_iter().collect(),
+                    (Some(a), AuthKey::Claim(path)) => a.claim_strings(path),
+                };
+                multi_cond(&values)
+            }
+        },
+        Key::ConnectionSni => str_cond(None),
         Key::Header(name) => match &f.attrs.request {
             // TCP: only reached for DENY rules, which ignore it.
             None => deny,
@@ -663,15 +720,7 @@ fn condition_holds(c: &Condition, f: &Facts, deny: bool) -> bool {
                     .iter()
                     .filter_map(|v| v.to_str().ok())
                     .collect();
-                match (&c.values, &c.not_values) {
-                    (Values::Strings(w), Values::Strings(n)) => {
-                        let pos =
-                            w.is_empty() || values.iter().any(|v| w.iter().any(|m| m.matches(v)));
-                        let neg = !values.iter().any(|v| n.iter().any(|m| m.matches(v)));
-                        pos && neg
-                    }
-                    _ => false,
-                }
+                multi_cond(&values)
             }
         },
     }

@@ -10,6 +10,9 @@ use crate::body::ResponseBody;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalReply {
     BadRequest,
+    /// A JWT no RequestAuthentication rule validates, with Envoy's words
+    /// for why.
+    Unauthenticated(&'static str),
     Denied,
     NoRoute,
     NoHealthyUpstream,
@@ -23,6 +26,7 @@ impl LocalReply {
     pub fn status(self) -> StatusCode {
         match self {
             LocalReply::BadRequest => StatusCode::BAD_REQUEST,
+            LocalReply::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             LocalReply::Denied => StatusCode::FORBIDDEN,
             LocalReply::NoRoute => StatusCode::NOT_FOUND,
             LocalReply::NoHealthyUpstream | LocalReply::UpstreamFailed => {
@@ -39,6 +43,7 @@ impl LocalReply {
     pub fn message(self) -> &'static str {
         match self {
             LocalReply::BadRequest => "bad request",
+            LocalReply::Unauthenticated(why) => why,
             LocalReply::Denied => "RBAC: access denied",
             LocalReply::NoRoute => "route not found",
             LocalReply::NoHealthyUpstream => "no healthy upstream",
@@ -54,6 +59,7 @@ impl LocalReply {
     pub fn grpc_status(self) -> u16 {
         match self {
             LocalReply::BadRequest => 13,
+            LocalReply::Unauthenticated(_) => 16,
             LocalReply::Denied => 7,
             LocalReply::NoRoute => 12,
             LocalReply::NoHealthyUpstream | LocalReply::UpstreamFailed => 14,
@@ -65,7 +71,7 @@ impl LocalReply {
     /// Istio's `response_flags` value.
     pub fn response_flag(self) -> &'static str {
         match self {
-            LocalReply::BadRequest => "-",
+            LocalReply::BadRequest | LocalReply::Unauthenticated(_) => "-",
             LocalReply::Denied => "UAEX",
             LocalReply::NoRoute => "NR",
             LocalReply::NoHealthyUpstream => "UH",
@@ -128,5 +134,15 @@ mod tests {
             LocalReply::NoHealthyUpstream.response(true).headers()["grpc-status"],
             "14"
         );
+    }
+
+    #[test]
+    fn a_refused_jwt_is_401_or_unauthenticated() {
+        let r = LocalReply::Unauthenticated("Jwt is expired");
+        assert_eq!(r.response(false).status(), StatusCode::UNAUTHORIZED);
+        let g = r.response(true);
+        assert_eq!(g.status(), StatusCode::OK);
+        assert_eq!(g.headers()["grpc-status"], "16");
+        assert_eq!(g.headers()["grpc-message"], "Jwt is expired");
     }
 }

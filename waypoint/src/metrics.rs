@@ -63,6 +63,8 @@ pub enum Rejection {
     h2_protocol,
     slow_client,
     authz_denied,
+    /// A JWT that no RequestAuthentication rule validates (401).
+    jwt_invalid,
     bad_authority,
     bad_path,
     no_healthy_upstream,

@@ -1,5 +1,5 @@
 //! One request through the waypoint, as named phases in order: trace
-//! context, normalize, authorize, route, request headers, pick an endpoint,
+//! context, normalize, authenticate (JWT), authorize, route, request headers, pick an endpoint,
 //! forward, response headers, respond; the access-log line and metrics are
 //! recorded when the response body ends.
 
@@ -18,6 +18,7 @@ use tracing::Instrument;
 use http_body_util::Full;
 
 use crate::Outcome;
+use crate::authn;
 use crate::authz::{self, Decision, HttpAttrs, RequestAttrs};
 use crate::body::{CountedBody, Finish, ResponseBody};
 use crate::config::{Protocol as ConfigProtocol, ServiceConfig, Snapshot};
@@ -25,6 +26,7 @@ use crate::discovery::{Endpoint, Service};
 use crate::errors::LocalReply;
 use crate::filters;
 use crate::headers::{self, TraceContext};
+use crate::jwt::Verified;
 use crate::listener::{Destination, Protocol, StreamContext};
 use crate::metrics::{DenialLabels, Parties, Rejection, RequestKey, RequestLabels};
 use crate::proxy::Proxy;
@@ -67,6 +69,8 @@ struct Record {
     service: Option<Arc<Service>>,
     endpoint: Option<Endpoint>,
     decision: String,
+    /// `<iss>/<sub>` of a verified JWT.
+    request_principal: Option<String>,
     trace: TraceContext,
 }
 
@@ -108,6 +112,7 @@ async fn run(
         service: None,
         endpoint: None,
         decision: String::new(),
+        request_principal: None,
         trace,
     };
     if let Err(reply) = normalize(&mut req) {
@@ -116,7 +121,21 @@ async fn run(
     }
     let snapshot = ctx.proxy.config.load_full();
     let service_config = service_config(snapshot.as_deref(), &ctx.destination);
-    if let Err(reply) = authorize(&ctx, &req, snapshot.as_deref(), service_config, &mut record) {
+    let auth = match authenticate(&ctx, &mut req, snapshot.as_deref(), service_config) {
+        Ok(auth) => auth,
+        Err(reply) => return local(record, reply),
+    };
+    if let Some(a) = &auth {
+        record.request_principal = Some(a.principal.clone());
+    }
+    if let Err(reply) = authorize(
+        &ctx,
+        &req,
+        auth.as_ref(),
+        snapshot.as_deref(),
+        service_config,
+        &mut record,
+    ) {
         return local(record, reply);
     }
     let target = match route(&ctx, &mut req, service_config) {
@@ -198,12 +217,50 @@ fn request_host(req: &Request<Incoming>) -> &str {
     filters::host_without_port(host)
 }
 
+/// RequestAuthentication: the JWT rules of the Gateway and of the
+/// destination service (workload traffic: the Gateway's only). Skipped
+/// outright, with nothing allocated, when there are none. A token no rule
+/// validates is 401 (gRPC: UNAUTHENTICATED), counted as `jwt_invalid`; a
+/// verified one is removed (unless forwarded) and its claims copied to the
+/// configured headers.
+fn authenticate(
+    ctx: &StreamContext,
+    req: &mut Request<Incoming>,
+    snapshot: Option<&Snapshot>,
+    service: Option<&ServiceConfig>,
+) -> Result<Option<Verified>, LocalReply> {
+    let Some(snapshot) = snapshot else {
+        return Ok(None);
+    };
+    let gateway = snapshot.gateway_authentications();
+    let service = service.map(|s| &s.authentications);
+    if gateway.is_empty() && service.is_none_or(|s| s.is_empty()) {
+        return Ok(None);
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    match authn::decide(gateway, service, req.headers(), req.uri().query(), now) {
+        Ok(plan) => {
+            authn::apply_headers(&plan, req.headers_mut());
+            authn::apply_uri(&plan, req.uri_mut());
+            Ok(plan.verified)
+        }
+        Err(reason) => {
+            tracing::debug!(%reason, "JWT refused");
+            ctx.proxy.metrics.reject(Rejection::jwt_invalid);
+            Err(LocalReply::Unauthenticated(reason.reply_text()))
+        }
+    }
+}
+
 /// L7 authorization: the Gateway's policies, then the service's (workload
 /// traffic: the Gateway's only). A denial is 403 `RBAC: access denied`
 /// (gRPC: PERMISSION_DENIED), counted with the policy that decided.
 fn authorize(
     ctx: &StreamContext,
     req: &Request<Incoming>,
+    auth: Option<&Verified>,
     snapshot: Option<&Snapshot>,
     service: Option<&ServiceConfig>,
     record: &mut Record,
@@ -231,6 +288,7 @@ fn authorize(
             path: req.uri().path(),
             host: request_host(req),
             headers: req.headers(),
+            auth,
         }),
     };
     match authz::decide(gateway, service_policies, &attrs) {
@@ -793,6 +851,7 @@ impl Finish for Record {
             duration,
             upstream: endpoint.map(|e| e.addr),
             source_principal: &ctx.caller.uri,
+            request_principal: r.request_principal.as_deref(),
             destination_principal: endpoint.map(|e| &e.workload.identity),
             route: r.route.as_deref(),
             decision: if r.decision.is_empty() {

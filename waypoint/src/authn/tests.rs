@@ -52,7 +52,8 @@ fn run(
     let mut headers = headers;
     let mut uri: Uri = uri.parse().unwrap();
     let plan = decide(s, None, &headers, uri.query(), NOW)?;
-    apply(&plan, &mut headers, &mut uri);
+    apply_headers(&plan, &mut headers);
+    apply_uri(&plan, &mut uri);
     Ok((plan.verified.map(|v| v.principal), headers, uri))
 }
 

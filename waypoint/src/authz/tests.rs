@@ -59,6 +59,7 @@ struct Req {
     destination_ip: IpAddr,
     port: u16,
     http: Option<(Method, String, String, HeaderMap)>,
+    auth: Option<Verified>,
 }
 
 impl Req {
@@ -74,6 +75,7 @@ impl Req {
                 "svc.default.svc.cluster.local:80".to_string(),
                 HeaderMap::new(),
             )),
+            auth: None,
         }
     }
     fn tcp() -> Self {
@@ -90,6 +92,20 @@ impl Req {
         if let Some((_, _, _, h)) = &mut self.http {
             h.append(n, HeaderValue::from_static(value));
         }
+        self
+    }
+    /// The request carries a verified JWT of `https://idp/<sub>`.
+    fn jwt(mut self, sub: &str) -> Self {
+        let claims = serde_json::json!({
+            "iss": "https://idp", "sub": sub, "aud": ["web", "api"], "azp": "cli",
+            "groups": ["dev", "ops"], "org": {"team": "core", "level": 3},
+        });
+        self.auth = Some(Verified {
+            principal: format!("https://idp/{sub}"),
+            audiences: vec!["web".into(), "api".into()],
+            presenter: Some("cli".into()),
+            claims: claims.as_object().unwrap().clone(),
+        });
         self
     }
     fn host(mut self, host: &str) -> Self {
@@ -109,6 +125,7 @@ impl Req {
                 path: p,
                 host: h,
                 headers: hs,
+                auth: self.auth.as_ref(),
             }),
         }
     }
@@ -420,13 +437,75 @@ fn every_when_key() {
         ),
         (when("destination.port", &["80"], &[]), get("/"), true),
         (when("destination.port", &[], &["80"]), get("/"), false),
-        // Never present: no JWT validation, no SNI at the waypoint.
+        // request.auth.*: absent without a verified JWT.
         (when("request.auth.principal", &["*"], &[]), get("/"), false),
+        (
+            when("request.auth.principal", &[], &["https://idp/bob"]),
+            get("/"),
+            true,
+        ),
+        (
+            when("request.auth.principal", &["https://idp/*"], &[]),
+            get("/").jwt("alice"),
+            true,
+        ),
+        (
+            when("request.auth.principal", &[], &["*/alice"]),
+            get("/").jwt("alice"),
+            false,
+        ),
         (
             when("request.auth.claims[iss]", &["x"], &[]),
             get("/"),
             false,
         ),
+        (
+            when("request.auth.claims[iss]", &["https://idp"], &[]),
+            get("/").jwt("alice"),
+            true,
+        ),
+        (
+            when("request.auth.claims[groups]", &["ops"], &[]),
+            get("/").jwt("alice"),
+            true,
+        ),
+        (
+            when("request.auth.claims[groups]", &["admin"], &[]),
+            get("/").jwt("alice"),
+            false,
+        ),
+        (
+            when("request.auth.claims[groups]", &[], &["dev"]),
+            get("/").jwt("alice"),
+            false,
+        ),
+        (
+            when("request.auth.claims[org][team]", &["core"], &[]),
+            get("/").jwt("alice"),
+            true,
+        ),
+        // Not a string: no value to compare.
+        (
+            when("request.auth.claims[org][level]", &["3"], &[]),
+            get("/").jwt("alice"),
+            false,
+        ),
+        (
+            when("request.auth.audiences", &["api"], &[]),
+            get("/").jwt("alice"),
+            true,
+        ),
+        (
+            when("request.auth.audiences", &["other"], &[]),
+            get("/").jwt("alice"),
+            false,
+        ),
+        (
+            when("request.auth.presenter", &["cli"], &[]),
+            get("/").jwt("alice"),
+            true,
+        ),
+        // No SNI at the waypoint.
         (when("connection.sni", &["*"], &[]), get("/"), false),
     ];
     for (i, (rule, req, want)) in cases.into_iter().enumerate() {
@@ -437,17 +516,29 @@ fn every_when_key() {
 }
 
 #[test]
-fn request_principals_never_match() {
-    let s = set(vec![policy(
-        "p",
-        ALLOW,
-        vec![from(pb::Source {
-            request_principals: v(&["*"]),
-            ..Default::default()
-        })],
-    )]);
-    assert!(!allowed(&s, &get("/")));
-    // "Deny requests without a JWT" denies every request.
+fn request_principals_match_the_verified_jwt() {
+    let allow = |p: &[&str]| {
+        set(vec![policy(
+            "p",
+            ALLOW,
+            vec![from(pb::Source {
+                request_principals: v(p),
+                ..Default::default()
+            })],
+        )])
+    };
+    for (pattern, req, want) in [
+        ("*", get("/"), false),
+        ("*", get("/").jwt("alice"), true),
+        ("https://idp/alice", get("/").jwt("alice"), true),
+        ("https://idp/alice", get("/").jwt("bob"), false),
+        ("https://idp/*", get("/").jwt("bob"), true),
+        ("https://other/*", get("/").jwt("bob"), false),
+        ("*/bob", get("/").jwt("bob"), true),
+    ] {
+        assert_eq!(allowed(&allow(&[pattern]), &req), want, "{pattern}");
+    }
+    // "Deny requests without a JWT" denies exactly those.
     let d = set(vec![policy(
         "d",
         DENY,
@@ -457,6 +548,31 @@ fn request_principals_never_match() {
         })],
     )]);
     assert!(!allowed(&d, &get("/")));
+    assert!(allowed(&d, &get("/").jwt("alice")));
+    // On TCP there is no request: ALLOW rules with request principals do
+    // not match, DENY rules ignore them.
+    assert!(!allowed(&allow(&["*"]), &Req::tcp()));
+    assert!(!allowed(&d, &Req::tcp()));
+}
+
+#[test]
+fn claim_keys_must_be_bracketed_names() {
+    for key in [
+        "request.auth.claims",
+        "request.auth.claims[]",
+        "request.auth.claims[a",
+        "request.auth.claims[a]b",
+        "request.auth.claims.a",
+        "request.auth.claims[a][]",
+    ] {
+        let mut errors = Vec::new();
+        compile_policies(
+            "service default/svc",
+            &[policy("p", ALLOW, vec![when(key, &["x"], &[])])],
+            &mut errors,
+        );
+        assert_eq!(errors.len(), 1, "{key}");
+    }
 }
 
 #[test]

@@ -501,6 +501,7 @@ fn exercise(snap: &Snapshot, rng: &mut StdRng) {
                 path: &path,
                 host: &host,
                 headers: &headers,
+                auth: None,
             };
             let principal = garble(rng);
             let attrs = RequestAttrs {
@@ -523,7 +524,8 @@ fn exercise(snap: &Snapshot, rng: &mut StdRng) {
                 0,
             ) {
                 let mut uri = http::Uri::from_static("/p?access_token=a.b.c");
-                crate::authn::apply(&plan, &mut auth_headers, &mut uri);
+                crate::authn::apply_headers(&plan, &mut auth_headers);
+                crate::authn::apply_uri(&plan, &mut uri);
             }
         }
     }
