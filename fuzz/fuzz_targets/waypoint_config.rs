@@ -1,6 +1,7 @@
 //! Fuzzes the waypoint's L7 config: a `Waypoint` resource body is decoded,
 //! compiled (`waypoint::config::Snapshot::compile`) and used the way the
-//! data path uses it: a route selection, a backend pick, filters and an
+//! data path uses it: a route selection, a backend pick, filters, a JWT
+//! authentication plan (whatever the rules' key sets and locations) and an
 //! authorization decision per service.
 //!
 //! Input: the protobuf body of an `ambit.waypoint.v1.Waypoint`; its last
@@ -43,7 +44,10 @@ fuzz_target!(|input: &[u8]| {
         }
         Err(_) => "/".to_string(),
     };
-    let path = path.split_once('?').map_or(path.as_str(), |(p, _)| p).to_string();
+    let path = path
+        .split_once('?')
+        .map_or(path.as_str(), |(p, _)| p)
+        .to_string();
     let method = Method::from_bytes(&tail[..tail.len().min(3)]).unwrap_or(Method::GET);
     let mut headers = HeaderMap::new();
     headers.insert("x-fuzz", HeaderValue::from_static("1"));
@@ -77,6 +81,7 @@ fuzz_target!(|input: &[u8]| {
                     path: &raw_path,
                     host,
                     headers: &headers,
+                    auth: None,
                 }),
             ] {
                 let attrs = RequestAttrs {
@@ -87,6 +92,23 @@ fuzz_target!(|input: &[u8]| {
                     request,
                 };
                 let _ = authz::evaluate(snap.gateway_policies(), Some(&s.policies), &attrs);
+            }
+            let mut jwt_headers = headers.clone();
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("Bearer {}", String::from_utf8_lossy(tail)))
+            {
+                jwt_headers.insert(http::header::AUTHORIZATION, v);
+            }
+            if let Ok(plan) = waypoint::authn::decide(
+                snap.gateway_authentications(),
+                Some(&s.authentications),
+                &jwt_headers,
+                Some("access_token=a.b.c&x=1"),
+                1_700_000_000,
+            ) {
+                waypoint::authn::apply_headers(&plan, &mut jwt_headers);
+                let mut uri = http::Uri::from_static("/p?access_token=a.b.c&x=1");
+                waypoint::authn::apply_uri(&plan, &mut uri);
             }
         }
     }

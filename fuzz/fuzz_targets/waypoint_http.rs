@@ -4,7 +4,8 @@
 //! configures it: header size limit) parses request heads from the bytes;
 //! each parsed request goes through the pipeline's decisions in order
 //! against a fixed compiled config with routes and policies: path
-//! normalization, `forwarded`, hop-by-hop stripping, trace context, L7
+//! normalization, `forwarded`, hop-by-hop stripping, trace context, JWT
+//! authentication (token locations, parsing, the removal plan), L7
 //! authorization, route selection, filters and backend choice.
 //!
 //! Invariants: nothing panics; a normalized path starts with '/' and
@@ -21,11 +22,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
 use mesh_api::ambit::waypoint::v1 as wp;
+use mesh_core::hbone::headers::Forwarded;
 use tokio::io::AsyncWriteExt;
 use waypoint::authz::{self, HttpAttrs, RequestAttrs};
 use waypoint::config::Snapshot;
 use waypoint::headers::{self, TraceContext};
-use mesh_core::hbone::headers::Forwarded;
 use waypoint::listener::detect;
 use waypoint::route::{self, RequestHead, Selection};
 
@@ -111,8 +112,24 @@ fn snapshot() -> Arc<Snapshot> {
                     }],
                     dry_run: false,
                 }],
+                authentications: vec![wp::RequestAuthentication {
+                    namespace: "default".into(),
+                    name: "idp".into(),
+                    rules: vec![wp::JwtRule {
+                        issuer: "https://idp".into(),
+                        jwks: r#"{"keys":[]}"#.into(),
+                        from_cookies: vec!["jwt".into()],
+                        from_params: vec!["access_token".into()],
+                        output_claim_to_headers: vec![wp::ClaimToHeader {
+                            header: "x-sub".into(),
+                            claim: "sub".into(),
+                        }],
+                        ..Default::default()
+                    }],
+                }],
             }],
             policies: vec![],
+            authentications: vec![],
         };
         Arc::new(Snapshot::compile(&w).0)
     })
@@ -122,12 +139,19 @@ fn snapshot() -> Arc<Snapshot> {
 /// The pipeline's decisions for one parsed request, in its order.
 fn decide(snapshot: &Snapshot, req: http::Request<Incoming>) {
     let (mut parts, _) = req.into_parts();
-    let raw = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let raw = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let Ok(path) = authz::normalize_path(raw) else {
         return;
     };
     assert!(path.starts_with('/') || path.starts_with('?'), "{path:?}");
-    assert_eq!(authz::normalize_path(&path).ok().as_deref(), Some(path.as_str()));
+    assert_eq!(
+        authz::normalize_path(&path).ok().as_deref(),
+        Some(path.as_str())
+    );
     if let Some(f) = parts.headers.get("forwarded").and_then(|v| v.to_str().ok()) {
         let _ = Forwarded::parse(f);
     }
@@ -149,6 +173,21 @@ fn decide(snapshot: &Snapshot, req: http::Request<Incoming>) {
     let service = snapshot
         .service_by_host("echo.default.svc.cluster.local")
         .expect("compiled");
+    let auth = waypoint::authn::decide(
+        snapshot.gateway_authentications(),
+        Some(&service.authentications),
+        &parts.headers,
+        query,
+        1_700_000_000,
+    );
+    if let Ok(plan) = &auth {
+        let mut h = parts.headers.clone();
+        waypoint::authn::apply_headers(plan, &mut h);
+        assert!(!h.contains_key("x-sub") || plan.verified.is_some());
+        let mut uri = parts.uri.clone();
+        waypoint::authn::apply_uri(plan, &mut uri);
+    }
+    let verified = auth.ok().and_then(|p| p.verified);
     let attrs = RequestAttrs {
         source_principal: Some("spiffe://cluster.local/ns/default/sa/client"),
         source_ip: "10.0.0.1".parse().unwrap(),
@@ -159,6 +198,7 @@ fn decide(snapshot: &Snapshot, req: http::Request<Incoming>) {
             path: path_only,
             host,
             headers: &parts.headers,
+            auth: verified.as_ref(),
         }),
     };
     let _ = authz::decide(snapshot.gateway_policies(), Some(&service.policies), &attrs);
