@@ -3,10 +3,10 @@
 //! afterwards (token removed, claims copied into headers).
 //!
 //! Deciding is [`decide`], a plain function of the compiled rules, the
-//! request's headers and query and the time; [`apply`] carries the plan
-//! out. A request without a token passes with no principal (authorization
-//! decides whether that is enough); a request whose token no rule validates
-//! is refused with 401.
+//! request's headers and query and the time; [`apply_headers`] and
+//! [`apply_uri`] carry the plan out. A request without a token passes with
+//! no principal (authorization decides whether that is enough); a request
+//! whose token no rule validates is refused with 401.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
