@@ -1,4 +1,5 @@
-//! Wires istiod-lite together: the registry and its source, translation
+//! Wires istiod-lite together: the registry and its source, the key sets of
+//! RequestAuthentications fetched in the background, translation of both
 //! published as xDS snapshots, the xDS and CA services on one TLS port, status
 //! write-back and the admin port. `start` returns the bound addresses and a
 //! handle, so tests run the same code in-process.
@@ -23,6 +24,7 @@ use crate::auth::kube::KubeTokenReview;
 use crate::auth::tokens::{NodeTokens, follow_nodes};
 use crate::ca::{CaMetrics, CaPolicy, CaServer, root};
 use crate::config::{Config, SourceKind};
+use crate::jwks::{self, JwksCache, fetch::Fetcher, resolver::ResolverConfig};
 use crate::model::Store;
 use crate::provision::{self, kube::KubeProvisioner, status::ProvisionStatus};
 use crate::registry::Registry;
@@ -197,19 +199,38 @@ impl App {
                 }
             }));
         }
+        // Key sets of RequestAuthentications' jwksUris, fetched in the
+        // background; each change is translated and pushed like a store change.
+        let (keys_tx, keys_rx) = watch::channel(Arc::new(JwksCache::default()));
+        tasks.push(tokio::spawn(jwks::resolver::run(
+            registry.subscribe(),
+            Fetcher::with_system_roots(),
+            ResolverConfig::default(),
+            keys_tx,
+            drain.clone(),
+        )));
+        let (inputs_tx, inputs_rx) =
+            watch::channel((registry.snapshot(), keys_rx.borrow().clone()));
+        tasks.push(tokio::spawn(xds::join(
+            registry.subscribe(),
+            keys_rx,
+            inputs_tx,
+            drain.clone(),
+        )));
         // Only the publish task builds, so the lock is never contended; it
         // exists because `publish` takes a `Fn`.
         let cluster_domain = mesh.cluster_domain.clone();
         let building =
             std::sync::Mutex::new((translate::Translator::new(mesh), SnapshotBuilder::new()));
         tasks.push(tokio::spawn(xds::publish(
-            registry.subscribe(),
-            move |store: &Arc<Store>| {
+            inputs_rx,
+            move |(store, keys): &(Arc<Store>, Arc<JwksCache>)| {
                 let mut building = building
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let (translator, builder) = &mut *building;
                 let started = Instant::now();
+                translator.set_keys(keys);
                 let touched = translator.update(store);
                 translation_seconds.observe(started.elapsed().as_secs_f64());
                 let translation = translator.translation();

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod ca;
 pub mod config;
 pub mod debug;
+pub mod jwks;
 pub mod provision;
 pub mod translate;
 pub mod xds;

@@ -20,7 +20,9 @@
 //! - PeerAuthentication `PortLevelMtlsIgnored`; ServiceEntry parts not covered;
 //!   invalid cluster or pod IPs; Gateway `InvalidWaypointFor`.
 //! - HTTPRoute / GRPCRoute `Accepted`, `ResolvedRefs`, `PartiallyInvalid`;
-//!   targetRef AuthorizationPolicy `Accepted`, `PartiallyEnforced` (see `l7`).
+//!   targetRef AuthorizationPolicy `Accepted`, `PartiallyEnforced`;
+//!   RequestAuthentication `Accepted`, `PartiallyInvalid`, `KeysResolved`
+//!   (see `l7`).
 //!
 //! Not covered: ServiceEntry DNS resolution and hostname endpoints, wildcard
 //! ServiceEntry hosts, `waypoint-for` on a GatewayClass, load balancing settings,
@@ -46,6 +48,7 @@ use mesh_api::ambit::waypoint::v1::Waypoint;
 use mesh_api::istio::security::Authorization;
 use mesh_api::istio::workload::{Address, Workload, address};
 
+use crate::jwks::JwksCache;
 use crate::model::{Kind, NamespacedName, ObjectCondition, ObjectKey, Store};
 
 pub use incremental::{Touched, Translator};
@@ -90,10 +93,16 @@ pub struct Translation {
     pub conditions: Vec<ObjectCondition>,
 }
 
-/// Translates the whole store.
+/// Translates the whole store, before any key set is fetched (rules with a
+/// `jwksUri` or none get no keys).
 pub fn translate(store: &Store, mesh: &MeshConfig) -> Translation {
+    translate_with_keys(store, mesh, &JwksCache::default())
+}
+
+/// Translates the whole store with the key sets fetched so far.
+pub fn translate_with_keys(store: &Store, mesh: &MeshConfig, keys: &JwksCache) -> Translation {
     let mut out = translate_workloads(store, mesh);
-    let l7 = l7::translate_waypoints(store, mesh);
+    let l7 = l7::translate_waypoints(store, mesh, keys);
     out.waypoints = l7.waypoints;
     out.conditions = merge_conditions(&out.conditions, &l7.conditions);
     out

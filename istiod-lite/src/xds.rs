@@ -25,7 +25,7 @@ pub use delta::{Delta, HeldVersion, Subscription, diff, parse_version};
 pub use held::Held;
 pub use info::{ClientInfo, TypeInfo};
 pub use metrics::XdsMetrics;
-pub use publish::{DEFAULT_DEBOUNCE, DEFAULT_MAX_DELAY, publish};
+pub use publish::{DEFAULT_DEBOUNCE, DEFAULT_MAX_DELAY, join, publish};
 pub use push_limit::{DEFAULT_LARGE_PUSHES, LARGE_PUSH_BYTES, PERMIT_HOLD_MAX};
 pub use response::PushResponse;
 pub use server::{ConnectedClients, XdsServer};

@@ -313,3 +313,174 @@ async fn serves_a_waypoint_its_l7_config_and_follows_changes() {
 
     app.shutdown().await;
 }
+
+/// Serves `body` as JSON to every request on a local port.
+async fn serve_json(body: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// RequestAuthentications from the directory reach the waypoint on its
+/// ADS stream: an inline key set on the Gateway at once, a `jwksUri` on a
+/// bound Service first with no keys, then with the keys istiod-lite
+/// fetched from a local server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waypoint_receives_its_request_authentications_with_fetched_keys() {
+    use mesh_api::ambit::waypoint::v1::Waypoint;
+    use prost::Message;
+
+    const KEYS: &str = r#"{"keys":[{"e":"AQAB","kid":"k1","kty":"RSA","n":"AQAB"}]}"#;
+    let (keys_at, keys_server) = serve_json(KEYS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let resources = dir.path().join("resources");
+    std::fs::create_dir_all(&resources).unwrap();
+    std::fs::write(resources.join("cluster.yaml"), WAYPOINT_CLUSTER).unwrap();
+    std::fs::write(resources.join("gateway.yaml"), WAYPOINT_GATEWAY).unwrap();
+    std::fs::write(
+        resources.join("jwt.yaml"),
+        format!(
+            "\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: inline, namespace: shop}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}}]
+  jwtRules:
+  - issuer: https://inline.example
+    audiences: [shop]
+    jwks: '{KEYS}'
+    fromHeaders: [{{name: x-jwt, prefix: \"Bearer \"}}]
+    outputClaimToHeaders: [{{header: x-sub, claim: sub}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: fetched, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Service, group: \"\", name: web}}]
+  jwtRules:
+  - issuer: https://fetched.example
+    jwksUri: http://{keys_at}/jwks
+"
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let config = Config::try_parse_from([
+        "istiod-lite",
+        "--dir",
+        resources.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    let app = App::start(config, LogControl::detached()).await.unwrap();
+
+    let tokens: BTreeMap<String, String> =
+        serde_yaml::from_slice(&std::fs::read(state.join("node-tokens.yaml")).unwrap()).unwrap();
+    let root = std::fs::read(state.join("root-cert.pem")).unwrap();
+    let control = ControlPlane {
+        address: format!("https://localhost:{}", app.grpc.port()),
+        server_name: None,
+        roots: mesh_core::tls::parse_certs(&root, "root").unwrap(),
+        token: Some(TokenSource::Literal(tokens["node-a"].clone())),
+        cluster_id: "Kubernetes".into(),
+        headers: vec![],
+        mark: None,
+    };
+    let mut ads = AggregatedDiscoveryServiceClient::new(control.channel().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: mesh_api::WAYPOINT_TYPE_URL.into(),
+        resource_names_subscribe: vec!["shop/waypoint".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+    control.authorize(&mut request).unwrap();
+    let mut responses = ads
+        .delta_aggregated_resources(request)
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Versions until the fetched keys are in, acknowledging each.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let waypoint = loop {
+        let response = tokio::time::timeout_at(deadline, responses.next())
+            .await
+            .expect("the fetched keys pushed within 10s")
+            .expect("the stream stays open")
+            .expect("not an error");
+        tx.send(DeltaDiscoveryRequest {
+            type_url: mesh_api::WAYPOINT_TYPE_URL.into(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        let any = response.resources[0].resource.as_ref().unwrap();
+        let waypoint = Waypoint::decode(any.value.as_slice()).unwrap();
+        let web = waypoint.services.iter().find(|s| s.name == "web").unwrap();
+        let jwks = web.authentications[0].rules[0].jwks.clone();
+        if jwks == KEYS {
+            break waypoint;
+        }
+        // Until fetched, the rule is sent with no keys: its tokens are refused.
+        assert_eq!(jwks, r#"{"keys":[]}"#);
+    };
+
+    let on_gateway = &waypoint.authentications;
+    assert_eq!(on_gateway.len(), 1, "{on_gateway:?}");
+    assert_eq!(on_gateway[0].name, "inline");
+    let rule = &on_gateway[0].rules[0];
+    assert_eq!(rule.issuer, "https://inline.example");
+    assert_eq!(rule.audiences, ["shop"]);
+    assert_eq!(rule.jwks, KEYS);
+    assert_eq!(
+        (
+            rule.from_headers[0].name.as_str(),
+            rule.from_headers[0].prefix.as_str()
+        ),
+        ("x-jwt", "Bearer ")
+    );
+    assert_eq!(rule.output_claim_to_headers[0].claim, "sub");
+    let web = waypoint.services.iter().find(|s| s.name == "web").unwrap();
+    assert_eq!(web.authentications[0].name, "fetched");
+    assert_eq!(
+        web.authentications[0].rules[0].jwks_uri,
+        format!("http://{keys_at}/jwks")
+    );
+    assert!(
+        waypoint
+            .services
+            .iter()
+            .filter(|s| s.name != "web")
+            .all(|s| s.authentications.is_empty())
+    );
+
+    app.shutdown().await;
+    keys_server.abort();
+}

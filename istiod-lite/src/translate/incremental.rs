@@ -30,6 +30,7 @@ use mesh_api::istio::workload::{Address, address};
 use super::{
     MeshConfig, Translation, authorization, in_namespace, l7, merge_conditions, translate_workloads,
 };
+use crate::jwks::JwksCache;
 use crate::model::{Kind, NamespacedName, ObjectCondition, Store};
 
 /// Which resources of the translation may differ from the previous one.
@@ -56,6 +57,9 @@ pub struct Translator {
     /// because each is brought up to date on its own.
     workload_conditions: Vec<ObjectCondition>,
     l7_conditions: BTreeSet<ObjectCondition>,
+    /// Key sets fetched so far, an input of the L7 part only.
+    keys: Arc<JwksCache>,
+    keys_changed: bool,
 }
 
 impl Translator {
@@ -66,6 +70,8 @@ impl Translator {
             translation: Translation::default(),
             workload_conditions: Vec::new(),
             l7_conditions: BTreeSet::new(),
+            keys: Arc::default(),
+            keys_changed: false,
         }
     }
 
@@ -74,17 +80,28 @@ impl Translator {
         &self.translation
     }
 
-    /// Translates `store`, equal to `translate(store, mesh)`, and says which
-    /// resources may have changed since the previous call.
+    /// Sets the key sets the next `update` translates with; a change makes
+    /// it translate the waypoints' L7 part again.
+    pub fn set_keys(&mut self, keys: &Arc<JwksCache>) {
+        if !Arc::ptr_eq(&self.keys, keys) && *self.keys != **keys {
+            self.keys = keys.clone();
+            self.keys_changed = true;
+        }
+    }
+
+    /// Translates `store`, equal to `translate_with_keys(store, mesh, keys)`
+    /// with the keys last set, and says which resources may have changed
+    /// since the previous call.
     pub fn update(&mut self, store: &Arc<Store>) -> Touched {
         let scope = self
             .last
             .as_deref()
             .and_then(|last| changed_namespaces(last, store, &self.mesh));
-        let l7_changed = self
-            .last
-            .as_deref()
-            .is_none_or(|last| l7_inputs_changed(last, store));
+        let l7_changed = std::mem::take(&mut self.keys_changed)
+            || self
+                .last
+                .as_deref()
+                .is_none_or(|last| l7_inputs_changed(last, store));
         self.last = Some(store.clone());
         self.translation.conditions = std::mem::take(&mut self.workload_conditions);
         let mut touched = match scope {
@@ -109,7 +126,7 @@ impl Translator {
         if l7_changed {
             // The L7 part is small: translated in full whenever its inputs
             // change, rather than tracked by namespace.
-            let l7 = l7::translate_waypoints(store, &self.mesh);
+            let l7 = l7::translate_waypoints(store, &self.mesh, &self.keys);
             if let Touched::Keys { waypoints, .. } = &mut touched {
                 *waypoints = changed_keys(&self.translation.waypoints, &l7.waypoints);
             }

@@ -1,10 +1,10 @@
 //! L7 configuration for waypoints: one `ambit.waypoint.v1.Waypoint` per
 //! Gateway of class `istio-waypoint`, named `<namespace>/<name>`, holding the
 //! Services bound to it (the same binding workload discovery uses) with their
-//! ports, HTTPRoutes, GRPCRoutes and targetRef AuthorizationPolicies, and the
-//! policies attached to the Gateway itself.
+//! ports, HTTPRoutes, GRPCRoutes and targetRef AuthorizationPolicies and
+//! RequestAuthentications, and those attached to the Gateway itself.
 //!
-//! A pure function of the store. Routes and policies are copied, not
+//! A pure function of the store and the fetched key sets. Routes and policies are copied, not
 //! ordered or evaluated: the waypoint applies Gateway API precedence and
 //! Istio's policy semantics (see the proto). Every list is sorted so equal
 //! stores give byte-identical resources.
@@ -21,16 +21,23 @@
 //! - AuthorizationPolicy `Accepted`=False `TargetNotFound`, `InvalidTarget`
 //!   (selector and targetRef together); `PartiallyEnforced`=True
 //!   `CustomEnforcedAsDeny`.
+//! - RequestAuthentication `Accepted`=False `TargetNotFound`,
+//!   `InvalidTarget`, `NoTargetRefs`; `PartiallyInvalid`=True
+//!   `MissingIssuer`, `ConflictingJwks` (rule left out), `InvalidJwks`
+//!   (sent with no keys), `InvalidTimeout`; `KeysResolved`=False
+//!   `Resolving`, `JwksFetchFailed` (sent with no keys until fetched).
 //!
 //! Not covered: ServiceEntries bound to a waypoint, consumer routes,
 //! cross-namespace backends (ReferenceGrant), policies on workload traffic
 //! beyond the Gateway-wide ones.
 
 mod annotations;
+mod authentication;
 mod duration;
 mod policy;
 mod protocol;
 mod route;
+mod target;
 mod view;
 
 #[cfg(test)]
@@ -44,6 +51,7 @@ use mesh_api::ambit::waypoint::v1 as wp;
 use super::labels;
 use super::waypoint::{BindingSource, TrafficKind, Waypoints};
 use super::{MeshConfig, condition};
+use crate::jwks::JwksCache;
 use crate::model::{Kind, NamespacedName, ObjectCondition, ObjectKey, Store};
 
 /// The waypoints' resources and the conditions their translation reports.
@@ -54,7 +62,9 @@ pub struct L7 {
     pub conditions: BTreeSet<ObjectCondition>,
 }
 
-pub fn translate_waypoints(store: &Store, mesh: &MeshConfig) -> L7 {
+/// `keys` holds the key sets fetched for `jwksUri`s and issuers; a rule whose
+/// set is missing there is sent with no keys.
+pub fn translate_waypoints(store: &Store, mesh: &MeshConfig, keys: &JwksCache) -> L7 {
     // Binding conditions are workload discovery's to report.
     let mut binding_conditions = BTreeSet::new();
     let waypoints = Waypoints::build(store, mesh, &mut binding_conditions);
@@ -93,6 +103,8 @@ pub fn translate_waypoints(store: &Store, mesh: &MeshConfig) -> L7 {
         }
     }
     let mut policies = policy::attach(store, mesh, &waypoints, &bound_keys, &mut notes);
+    let mut authentications =
+        authentication::attach(store, &waypoints, &bound_keys, keys, &mut notes);
 
     let mut out: BTreeMap<String, wp::Waypoint> = waypoints
         .names()
@@ -102,7 +114,7 @@ pub fn translate_waypoints(store: &Store, mesh: &MeshConfig) -> L7 {
                 name: key.name.clone(),
                 services: Vec::new(),
                 policies: policies.gateways.remove(key).unwrap_or_default(),
-                authentications: Vec::new(),
+                authentications: authentications.gateways.remove(key).unwrap_or_default(),
             };
             (key.to_string(), resource)
         })
@@ -117,6 +129,10 @@ pub fn translate_waypoints(store: &Store, mesh: &MeshConfig) -> L7 {
             .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
         service.routes = svc_routes;
         service.policies = policies.services.remove(&svc_key).unwrap_or_default();
+        service.authentications = authentications
+            .services
+            .remove(&svc_key)
+            .unwrap_or_default();
         waypoint.services.push(service);
     }
     L7 {
@@ -166,7 +182,7 @@ fn bound_services(
     bound
 }
 
-/// A bound Service without its routes and policies.
+/// A bound Service without its routes, policies and authentications.
 fn service(key: &NamespacedName, store: &Store, mesh: &MeshConfig) -> wp::Service {
     let spec = store.services.get(key).and_then(|s| s.spec.as_ref());
     let listed = spec.and_then(|s| s.cluster_ips.clone()).unwrap_or_default();

@@ -57,6 +57,30 @@ pub async fn publish<S>(
     }
 }
 
+/// Feeds `publish` from two sources: `out` holds the latest value of each
+/// and changes whenever either does, so a change to a secondary input
+/// (fetched key sets) rebuilds the snapshot like a store change, debounced
+/// with it. Returns when either source is dropped or `shutdown` starts
+/// draining; dropping `out` then ends the publisher after its last build.
+pub async fn join<A: Clone, B: Clone>(
+    mut a: watch::Receiver<A>,
+    mut b: watch::Receiver<B>,
+    out: watch::Sender<(A, B)>,
+    shutdown: DrainWatcher,
+) {
+    let draining = shutdown.draining();
+    tokio::pin!(draining);
+    loop {
+        let latest = (a.borrow_and_update().clone(), b.borrow_and_update().clone());
+        out.send_replace(latest);
+        tokio::select! {
+            _ = &mut draining => return,
+            changed = a.changed() => if changed.is_err() { return },
+            changed = b.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 fn send_if_changed(out: &watch::Sender<Arc<Snapshot>>, snapshot: Snapshot) {
     out.send_if_modified(|current| match snapshot.published_after(current) {
         Some(published) => {
@@ -176,6 +200,28 @@ mod tests {
             .await
             .expect("publisher ends when the source is dropped")
             .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_to_either_joined_source_is_seen_with_the_other_latest() {
+        let (a_tx, a_rx) = watch::channel(1u32);
+        let (b_tx, b_rx) = watch::channel("x");
+        let (out_tx, mut out) = watch::channel((0u32, ""));
+        let (trigger, watcher) = mesh_core::drain::channel();
+        let task = tokio::spawn(join(a_rx, b_rx, out_tx, watcher));
+        out.changed().await.unwrap();
+        assert_eq!(*out.borrow_and_update(), (1, "x"));
+        b_tx.send("y").unwrap();
+        out.changed().await.unwrap();
+        assert_eq!(*out.borrow_and_update(), (1, "y"));
+        a_tx.send(2).unwrap();
+        out.changed().await.unwrap();
+        assert_eq!(*out.borrow_and_update(), (2, "y"));
+        // A source going away ends the join, which closes its output.
+        drop(b_tx);
+        task.await.unwrap();
+        assert!(out.changed().await.is_err());
+        drop(trigger);
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,25 +6,20 @@
 //! as a DENY with its rules, so the requests it would have sent to the
 //! authorizer are refused rather than let through (fail closed).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use mesh_api::ambit::waypoint::v1 as wp;
 
-use super::Notes;
+use super::{Notes, target};
 use crate::model::istio::{AuthorizationAction, AuthorizationPolicy, AuthorizationRule};
 use crate::model::{Kind, NamespacedName, ObjectKey, Store};
 use crate::translate::MeshConfig;
 use crate::translate::waypoint::Waypoints;
 
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 const DRY_RUN: &str = "istio.io/dry-run";
 
 /// Policies by the waypoint Gateway or the Service they attach to.
-#[derive(Default)]
-pub struct Attached {
-    pub gateways: BTreeMap<NamespacedName, Vec<wp::Policy>>,
-    pub services: BTreeMap<NamespacedName, Vec<wp::Policy>>,
-}
+pub type Attached = target::Attached<wp::Policy>;
 
 pub fn attach(
     store: &Store,
@@ -33,6 +28,11 @@ pub fn attach(
     bound: &BTreeSet<NamespacedName>,
     notes: &mut Notes,
 ) -> Attached {
+    let scope = target::Scope {
+        store,
+        waypoints,
+        bound,
+    };
     let mut out = Attached::default();
     for (key, policy) in &store.authorization_policies {
         let spec = &policy.spec;
@@ -44,68 +44,15 @@ pub fn attach(
             kind: Kind::AuthorizationPolicy,
             name: key.clone(),
         };
-        if spec
-            .selector
-            .as_ref()
-            .is_some_and(|s| !s.match_labels.is_empty())
-        {
-            notes.add(&object, "Accepted", false, "InvalidTarget",
-                "the policy has both a selector and targetRef(s), which Istio does not allow; it is not applied".to_string());
+        let Some(targets) = target::resolve(&object, spec.selector.as_ref(), &refs, &scope, notes)
+        else {
             continue;
-        }
-        let converted = convert(key, policy, mesh);
+        };
         if spec.action == AuthorizationAction::Custom {
             notes.add(&object, "PartiallyEnforced", true, "CustomEnforcedAsDeny",
                 "action CUSTOM (an external authorizer) is not supported by the waypoint; the requests its rules select are denied".to_string());
         }
-        let mut targets = BTreeSet::new();
-        for (i, r) in refs.into_iter().enumerate() {
-            let at = format!("targetRefs[{i}]");
-            let target = NamespacedName::new(
-                r.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
-                &r.name,
-            );
-            if target.namespace != key.namespace {
-                notes.add(&object, "Accepted", false, "TargetNotFound", format!(
-                    "{at} names {} {target} in another namespace; a policy attaches only within its own namespace", r.kind
-                ));
-                continue;
-            }
-            let problem = match (r.group.as_str(), r.kind.as_str()) {
-                (GATEWAY_GROUP, "Gateway") if waypoints.is_waypoint(&target) => {
-                    targets.insert((true, target));
-                    continue;
-                }
-                (GATEWAY_GROUP, "Gateway") if store.gateways.contains_key(&target) => {
-                    format!("{at} names Gateway {target}, which is not of class istio-waypoint")
-                }
-                (GATEWAY_GROUP, "Gateway") => {
-                    format!("{at} names Gateway {target}, which does not exist")
-                }
-                ("" | "core", "Service") if bound.contains(&target) => {
-                    targets.insert((false, target));
-                    continue;
-                }
-                ("" | "core", "Service") if store.services.contains_key(&target) => format!(
-                    "{at} names Service {target}, which is not bound to a waypoint; label it or its namespace istio.io/use-waypoint"
-                ),
-                ("" | "core", "Service") => {
-                    format!("{at} names Service {target}, which does not exist")
-                }
-                (group, kind) => format!(
-                    "{at} names kind {kind} of group \"{group}\"; a waypoint policy targets a Gateway ({GATEWAY_GROUP}) or a Service"
-                ),
-            };
-            notes.add(&object, "Accepted", false, "TargetNotFound", problem);
-        }
-        for (is_gateway, target) in targets {
-            let into = if is_gateway {
-                &mut out.gateways
-            } else {
-                &mut out.services
-            };
-            into.entry(target).or_default().push(converted.clone());
-        }
+        out.insert(&targets, &convert(key, policy, mesh));
     }
     out
 }

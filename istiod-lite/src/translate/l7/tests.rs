@@ -10,7 +10,7 @@ use crate::translate::{MeshConfig, Translation, translate};
 
 /// A waypoint in `shop` bound by the namespace label, its own Service,
 /// three bound Services, an opted-out one, and an unbound namespace.
-const BASE: &str = r#"
+pub(super) const BASE: &str = r#"
 kind: Namespace
 metadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}
 ---
@@ -59,13 +59,13 @@ fn run(extra: &str) -> Translation {
     translate(&store, &MeshConfig::default())
 }
 
-fn waypoint(out: &Translation) -> &wp::Waypoint {
+pub(super) fn waypoint(out: &Translation) -> &wp::Waypoint {
     out.waypoints
         .get("shop/waypoint")
         .expect("the waypoint's resource")
 }
 
-fn service<'a>(out: &'a Translation, name: &str) -> &'a wp::Service {
+pub(super) fn service<'a>(out: &'a Translation, name: &str) -> &'a wp::Service {
     waypoint(out)
         .services
         .iter()
@@ -78,7 +78,7 @@ fn routes<'a>(out: &'a Translation, name: &str) -> &'a [wp::Route] {
 }
 
 /// The conditions of one object, as `Type=Status Reason: message`.
-fn conditions_of(out: &Translation, kind: &str, name: &str) -> Vec<String> {
+pub(super) fn conditions_of(out: &Translation, kind: &str, name: &str) -> Vec<String> {
     out.conditions
         .iter()
         .filter(|c: &&ObjectCondition| {
@@ -873,7 +873,7 @@ fn l7_translation_cost_at_scale() {
 
     let mesh = MeshConfig::default();
     let started = Instant::now();
-    let l7 = super::translate_waypoints(&store, &mesh);
+    let l7 = super::translate_waypoints(&store, &mesh, &Default::default());
     let l7_full = started.elapsed();
     assert_eq!(l7.waypoints.len(), 100);
     for waypoint in l7.waypoints.values() {
