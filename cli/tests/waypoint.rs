@@ -16,7 +16,11 @@
 //! - `flaky` fails every second request with 503; its route retries 503;
 //! - `slow` answers after 3 s; its route has a 500 ms request timeout;
 //! - `h2` serves HTTP/2 with prior knowledge only (an HTTP/1.1 hop fails);
-//! - `grpc` serves `ambit.testapp.v1.Echo` (port name `grpc`).
+//! - `grpc` serves `ambit.testapp.v1.Echo` (port name `grpc`);
+//! - `secure` (10.96.1.17) selects the web pods behind a RequestAuthentication
+//!   (an inline key set) and an ALLOW policy on its request principal; the
+//!   tokens, signed with that set's key or another, are in
+//!   `tests/fixtures/jwt-tokens.txt`.
 
 use std::path::Path;
 use std::process::Command;
@@ -42,6 +46,8 @@ const FLAKY: &str = "http://10.96.1.13";
 const SLOW: &str = "http://10.96.1.14";
 const H2: &str = "http://10.96.1.15";
 const GRPC: &str = "10.96.1.16:9090";
+const SECURE: &str = "http://10.96.1.17";
+const TOKENS: &str = include_str!("fixtures/jwt-tokens.txt");
 const WAYPOINT_ADMIN: &str = "127.0.0.1:15021";
 const ZTUNNEL_METRICS: &str = "127.0.0.1:15020";
 const SERVER_NODE: &str = "node-2";
@@ -377,6 +383,79 @@ fn direct_to_pod_refused(cluster: &Cluster, state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A token from `fixtures/jwt-tokens.txt`: `good` (valid until 2100),
+/// `expired`, or `forged` (signed with a key the set does not hold).
+fn token(name: &str) -> Result<String> {
+    TOKENS
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(str::to_string)
+        .with_context(|| format!("no token {name} in jwt-tokens.txt"))
+}
+
+/// `secure` admits only verified tokens: none is 403 (the ALLOW policy), a
+/// bad one is 401 (RequestAuthentication), a good one reaches the app
+/// without the token and with its subject in `x-jwt-sub`.
+fn jwt_required(state_dir: &Path) -> Result<()> {
+    let bearer =
+        |name: &str| -> Result<String> { Ok(format!("authorization: Bearer {}", token(name)?)) };
+    let (status, _) = http_once(state_dir, &format!("{SECURE}/"), &[])?;
+    ensure!(status == 403, "no token: {status}");
+    for bad in ["expired", "forged"] {
+        let (status, echo) = http_once(
+            state_dir,
+            &format!("{SECURE}/"),
+            &["--header", &bearer(bad)?],
+        )?;
+        ensure!(
+            status == 401 && echo.is_none(),
+            "{bad} token: {status} {echo:?}"
+        );
+    }
+    let (status, echo) = http_once(
+        state_dir,
+        &format!("{SECURE}/"),
+        &["--header", &bearer("good")?],
+    )?;
+    let echo = echo.with_context(|| format!("good token: {status}, no echo"))?;
+    ensure!(status == 200, "good token: {status} {echo:?}");
+    ensure!(
+        echo.headers.get("x-jwt-sub").map(String::as_str) == Some("alice"),
+        "the subject header: {:?}",
+        echo.headers
+    );
+    ensure!(
+        !echo.headers.contains_key("authorization"),
+        "the token went upstream: {:?}",
+        echo.headers
+    );
+    // A forged subject header is replaced, not passed on.
+    let (status, echo) = http_once(
+        state_dir,
+        &format!("{SECURE}/"),
+        &[
+            "--header",
+            &bearer("good")?,
+            "--header",
+            "x-jwt-sub: mallory",
+        ],
+    )?;
+    let sub = echo
+        .as_ref()
+        .and_then(|e| e.headers.get("x-jwt-sub").cloned());
+    ensure!(
+        status == 200 && sub.as_deref() == Some("alice"),
+        "forged x-jwt-sub: {status} {sub:?}"
+    );
+    let refused = sum_of(
+        &waypoint_metrics(state_dir)?,
+        "istio_requests_total{",
+        &["response_code=\"401\""],
+    );
+    ensure!(refused >= 2, "the waypoint counted {refused} 401s");
+    Ok(())
+}
+
 fn principal_in_metrics(state_dir: &Path) -> Result<()> {
     let metrics = waypoint_metrics(state_dir)?;
     let from_client = sum_of(
@@ -511,6 +590,10 @@ async fn a_namespace_behind_a_waypoint_gets_l7_routing_policy_and_telemetry() ->
         (
             "a direct connection to a waypoint-bound pod is refused",
             Box::new(|| direct_to_pod_refused(&cluster, state)),
+        ),
+        (
+            "a JWT is required, verified and passed on as a claim header",
+            Box::new(|| jwt_required(state)),
         ),
         (
             "the waypoint's metrics carry the client principal",
