@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use istiod_lite::app::App;
 use istiod_lite::config::Config;
-use mesh_api::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use mesh_api::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use mesh_api::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use mesh_core::control::{ControlPlane, TokenSource};
 use mesh_core::telemetry::LogControl;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,13 +47,8 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_xds_from_a_directory_and_shuts_down_within_its_deadline() {
-    let dir = tempfile::tempdir().unwrap();
-    let resources = dir.path().join("resources");
-    std::fs::create_dir_all(&resources).unwrap();
-    std::fs::write(resources.join("shop.yaml"), CLUSTER).unwrap();
-    let state = dir.path().join("state");
+/// istiod-lite on loopback, serving `resources`, its state in `state`.
+async fn start(resources: &std::path::Path, state: &std::path::Path) -> App {
     let config = Config::try_parse_from([
         "istiod-lite",
         "--dir",
@@ -68,7 +63,52 @@ async fn serves_xds_from_a_directory_and_shuts_down_within_its_deadline() {
         "2s",
     ])
     .unwrap();
-    let app = App::start(config, LogControl::detached()).await.unwrap();
+    App::start(config, LogControl::detached()).await.unwrap()
+}
+
+/// The control plane as node-a's proxies see it, with the token istiod-lite
+/// created for that node.
+fn node_a(app: &App, state: &std::path::Path) -> ControlPlane {
+    let tokens: BTreeMap<String, String> =
+        serde_yaml::from_slice(&std::fs::read(state.join("node-tokens.yaml")).unwrap()).unwrap();
+    let root = std::fs::read(state.join("root-cert.pem")).unwrap();
+    ControlPlane {
+        address: format!("https://localhost:{}", app.grpc.port()),
+        server_name: None,
+        roots: mesh_core::tls::parse_certs(&root, "root").unwrap(),
+        token: Some(TokenSource::Literal(tokens["node-a"].clone())),
+        cluster_id: "Kubernetes".into(),
+        headers: vec![],
+        mark: None,
+    }
+}
+
+type Requests = tokio::sync::mpsc::UnboundedSender<DeltaDiscoveryRequest>;
+type Responses = tonic::Streaming<DeltaDiscoveryResponse>;
+
+/// Opens an ADS stream whose first request is `first`.
+async fn subscribe(control: &ControlPlane, first: DeltaDiscoveryRequest) -> (Requests, Responses) {
+    let mut ads = AggregatedDiscoveryServiceClient::new(control.channel().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(first).unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+    control.authorize(&mut request).unwrap();
+    let responses = ads
+        .delta_aggregated_resources(request)
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, responses)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_xds_from_a_directory_and_shuts_down_within_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let resources = dir.path().join("resources");
+    std::fs::create_dir_all(&resources).unwrap();
+    std::fs::write(resources.join("shop.yaml"), CLUSTER).unwrap();
+    let state = dir.path().join("state");
+    let app = start(&resources, &state).await;
 
     // Ready once the first snapshot is out, which follows the debounce.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -85,33 +125,15 @@ async fn serves_xds_from_a_directory_and_shuts_down_within_its_deadline() {
     let (_, dump) = get(app.admin, "/debug/config_dump").await;
     assert!(dump.contains("Kubernetes//Pod/shop/cart"), "{dump}");
 
-    // A ztunnel of node-a, with the token istiod-lite created for it.
-    let tokens: BTreeMap<String, String> =
-        serde_yaml::from_slice(&std::fs::read(state.join("node-tokens.yaml")).unwrap()).unwrap();
-    let root = std::fs::read(state.join("root-cert.pem")).unwrap();
-    let control = ControlPlane {
-        address: format!("https://localhost:{}", app.grpc.port()),
-        server_name: None,
-        roots: mesh_core::tls::parse_certs(&root, "root").unwrap(),
-        token: Some(TokenSource::Literal(tokens["node-a"].clone())),
-        cluster_id: "Kubernetes".into(),
-        headers: vec![],
-        mark: None,
-    };
-    let mut ads = AggregatedDiscoveryServiceClient::new(control.channel().unwrap());
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(DeltaDiscoveryRequest {
-        type_url: mesh_api::ADDRESS_TYPE_URL.into(),
-        ..Default::default()
-    })
-    .unwrap();
-    let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
-    control.authorize(&mut request).unwrap();
-    let mut responses = ads
-        .delta_aggregated_resources(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let control = node_a(&app, &state);
+    let (tx, mut responses) = subscribe(
+        &control,
+        DeltaDiscoveryRequest {
+            type_url: mesh_api::ADDRESS_TYPE_URL.into(),
+            ..Default::default()
+        },
+    )
+    .await;
     let first = responses.next().await.unwrap().unwrap();
     let names: Vec<_> = first.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["Kubernetes//Pod/shop/cart"]);
@@ -198,49 +220,18 @@ async fn serves_a_waypoint_its_l7_config_and_follows_changes() {
     std::fs::write(resources.join("gateway.yaml"), WAYPOINT_GATEWAY).unwrap();
     std::fs::write(resources.join("route.yaml"), web_route(9)).unwrap();
     let state = dir.path().join("state");
-    let config = Config::try_parse_from([
-        "istiod-lite",
-        "--dir",
-        resources.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--drain-deadline",
-        "2s",
-    ])
-    .unwrap();
-    let app = App::start(config, LogControl::detached()).await.unwrap();
+    let app = start(&resources, &state).await;
 
-    let tokens: BTreeMap<String, String> =
-        serde_yaml::from_slice(&std::fs::read(state.join("node-tokens.yaml")).unwrap()).unwrap();
-    let root = std::fs::read(state.join("root-cert.pem")).unwrap();
-    let control = ControlPlane {
-        address: format!("https://localhost:{}", app.grpc.port()),
-        server_name: None,
-        roots: mesh_core::tls::parse_certs(&root, "root").unwrap(),
-        token: Some(TokenSource::Literal(tokens["node-a"].clone())),
-        cluster_id: "Kubernetes".into(),
-        headers: vec![],
-        mark: None,
-    };
-    let mut ads = AggregatedDiscoveryServiceClient::new(control.channel().unwrap());
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(DeltaDiscoveryRequest {
-        type_url: mesh_api::WAYPOINT_TYPE_URL.into(),
-        resource_names_subscribe: vec!["shop/waypoint".into()],
-        ..Default::default()
-    })
-    .unwrap();
-    let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
-    control.authorize(&mut request).unwrap();
-    let mut responses = ads
-        .delta_aggregated_resources(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let control = node_a(&app, &state);
+    let (tx, mut responses) = subscribe(
+        &control,
+        DeltaDiscoveryRequest {
+            type_url: mesh_api::WAYPOINT_TYPE_URL.into(),
+            resource_names_subscribe: vec!["shop/waypoint".into()],
+            ..Default::default()
+        },
+    )
+    .await;
     let mut next = async || {
         let response = tokio::time::timeout(Duration::from_secs(10), responses.next())
             .await
@@ -278,22 +269,14 @@ async fn serves_a_waypoint_its_l7_config_and_follows_changes() {
     assert_eq!(weights(&first), [9, 1]);
 
     // A wildcard subscriber gets every waypoint's resource.
-    let (wildcard_tx, wildcard_rx) = tokio::sync::mpsc::unbounded_channel();
-    wildcard_tx
-        .send(DeltaDiscoveryRequest {
+    let (_wildcard_tx, mut wildcard) = subscribe(
+        &control,
+        DeltaDiscoveryRequest {
             type_url: mesh_api::WAYPOINT_TYPE_URL.into(),
             ..Default::default()
-        })
-        .unwrap();
-    let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(
-        wildcard_rx,
-    ));
-    control.authorize(&mut request).unwrap();
-    let mut wildcard = ads
-        .delta_aggregated_resources(request)
-        .await
-        .unwrap()
-        .into_inner();
+        },
+    )
+    .await;
     let all = tokio::time::timeout(Duration::from_secs(10), wildcard.next())
         .await
         .expect("a response within 10s")
@@ -385,47 +368,18 @@ spec:
     )
     .unwrap();
     let state = dir.path().join("state");
-    let config = Config::try_parse_from([
-        "istiod-lite",
-        "--dir",
-        resources.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ])
-    .unwrap();
-    let app = App::start(config, LogControl::detached()).await.unwrap();
+    let app = start(&resources, &state).await;
 
-    let tokens: BTreeMap<String, String> =
-        serde_yaml::from_slice(&std::fs::read(state.join("node-tokens.yaml")).unwrap()).unwrap();
-    let root = std::fs::read(state.join("root-cert.pem")).unwrap();
-    let control = ControlPlane {
-        address: format!("https://localhost:{}", app.grpc.port()),
-        server_name: None,
-        roots: mesh_core::tls::parse_certs(&root, "root").unwrap(),
-        token: Some(TokenSource::Literal(tokens["node-a"].clone())),
-        cluster_id: "Kubernetes".into(),
-        headers: vec![],
-        mark: None,
-    };
-    let mut ads = AggregatedDiscoveryServiceClient::new(control.channel().unwrap());
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(DeltaDiscoveryRequest {
-        type_url: mesh_api::WAYPOINT_TYPE_URL.into(),
-        resource_names_subscribe: vec!["shop/waypoint".into()],
-        ..Default::default()
-    })
-    .unwrap();
-    let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
-    control.authorize(&mut request).unwrap();
-    let mut responses = ads
-        .delta_aggregated_resources(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let control = node_a(&app, &state);
+    let (tx, mut responses) = subscribe(
+        &control,
+        DeltaDiscoveryRequest {
+            type_url: mesh_api::WAYPOINT_TYPE_URL.into(),
+            resource_names_subscribe: vec!["shop/waypoint".into()],
+            ..Default::default()
+        },
+    )
+    .await;
 
     // Versions until the fetched keys are in, acknowledging each.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
