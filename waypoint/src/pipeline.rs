@@ -1,7 +1,7 @@
 //! One request through the waypoint, as named phases in order: trace
-//! context, normalize, authenticate (JWT), authorize, route, request headers, pick an endpoint,
-//! forward, response headers, respond; the access-log line and metrics are
-//! recorded when the response body ends.
+//! context, normalize, authenticate (JWT), authorize, route, request
+//! headers, pick an endpoint, forward, response headers, respond; the
+//! access-log line and metrics are recorded when the response body ends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
