@@ -31,6 +31,24 @@ client_log() { tail -n "${1:-3}" "$STATE/pods/client.client.log" | sed 's/^/  cl
 server_metrics() {
   ip netns exec ambit-$NAME-node-node-2 curl -fsS 127.0.0.1:15020/metrics
 }
+# Lists "Kind namespace/name" of each object in the YAML files given, metadata
+# in block or flow style.
+objects() {
+  for f in "$@"; do awk '
+    /^kind:/ { kind = $2 }
+    /^metadata:/ {
+      meta = 1
+      if (match($0, /name: *[^,} ]+/)) { name = substr($0, RSTART + 6, RLENGTH - 6); gsub(/ /, "", name) }
+      if (match($0, /namespace: *[^,} ]+/)) { ns = substr($0, RSTART + 11, RLENGTH - 11); gsub(/ /, "", ns) }
+      next
+    }
+    meta && /^  name:/ { name = $2 }
+    meta && /^  namespace:/ { ns = $2 }
+    /^[a-z]/ && !/^metadata:/ { meta = 0 }
+    /^---/ { if (kind) print "  " kind " " (ns ? ns "/" : "") name; kind = name = ns = ""; meta = 0 }
+    END { if (kind) print "  " kind " " (ns ? ns "/" : "") name }
+  ' "$f"; done
+}
 pids() { "$AMBIT" status --name $NAME | awk '$1 ~ /\// {print $1, $5}' | sort; }
 # Waits up to $1 seconds for the command after it to succeed.
 wait_for() {
@@ -43,7 +61,7 @@ wait_for() {
 
 step "the cluster: examples/two-nodes (two nodes; a client pod calling the server Service every second)"
 cp -r examples/two-nodes "$DIR"
-grep -h -A1 "^kind:" "$DIR"/*.yaml | grep -v -- "--" | paste - - | awk '{print "  " $2 " " $4}'
+objects "$DIR"/*.yaml
 
 step "ambit up: nodes and pods as network namespaces, wired by the bridge, host-local and ambit-cni plugins"
 "$AMBIT" up "$DIR" --name $NAME
@@ -101,7 +119,7 @@ echo "  network namespaces left: $left; state dir present: $([ -e "$STATE" ] && 
 
 step "L7: examples/waypoint, namespace server bound to a waypoint (a Gateway of class istio-waypoint)"
 cp -r examples/waypoint "$L7DIR"
-grep -h -A1 "^kind:" "$L7DIR"/*.yaml | grep -v -- "--" | paste - - | awk '{print "  " $2 " " $4}'
+objects "$L7DIR"/*.yaml
 "$AMBIT" up "$L7DIR" --name $NAME
 # Runs `ambit app` inside the client pod: its traffic is captured by its ztunnel.
 in_client() { ip netns exec ambit-$NAME-pod-client.client "$AMBIT" app "$@"; }
@@ -123,8 +141,8 @@ in_client http-client --url http://10.96.1.10/ --body | head -n 1 | grep -o '"xf
 
 step "the waypoint's request metrics, with the caller's principal"
 ip netns exec ambit-$NAME-pod-server.waypoint curl -fsS 127.0.0.1:15021/metrics |
-  grep '^istio_requests_total{' | grep 'response_code="200"' | head -n 1 |
-  grep -o 'source_principal="[^"]*"\|destination_service="[^"]*"\|response_code="[^"]*"\|} [0-9]*$' | sed 's/^/  /'
+  grep '^istio_requests_total{' | grep 'response_code="200"' |
+  sed -E 's/.*(source_principal="[^"]*").*(destination_service="[^"]*").*(response_code="[^"]*").*} ([0-9]+)$/  \1 \2 \3: \4/'
 
 step "ambit down: nothing left behind"
 "$AMBIT" down --name $NAME
