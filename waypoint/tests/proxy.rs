@@ -313,5 +313,27 @@ async fn h2_request_bodies_are_forwarded_whole_when_ready_and_as_they_arrive() -
         .await?;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(body_text(resp).await?, "echo-h2 /upload 0");
+
+    // A head whose body has not started waits for it only briefly: a
+    // server that answers on the head alone gets it while the client still
+    // holds its body back.
+    let (tx, body) = streamed();
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(
+        PATIENCE,
+        send.send_request(
+            http::Request::post("http://echo2.default.svc.cluster.local:8080/head-only")
+                .body(body)?,
+        ),
+    )
+    .await??;
+    let waited = started.elapsed();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_text(resp).await?, "echo-h2 /head-only");
+    assert!(
+        waited < std::time::Duration::from_millis(500),
+        "the head waited {waited:?} for a body that had not started"
+    );
+    drop(tx);
     Ok(())
 }

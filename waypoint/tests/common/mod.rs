@@ -581,6 +581,12 @@ async fn answer(name: &str, req: Request<Incoming>, counter: &AtomicU64) -> Resp
     for (k, v) in req.headers() {
         resp = resp.header(format!("echo-{k}"), v);
     }
+    if path == "/head-only" {
+        // Answers on the request head, as a server that speaks first does.
+        return resp
+            .body(Full::new(Bytes::from(format!("{name} {path}"))))
+            .unwrap();
+    }
     let body = req
         .into_body()
         .collect()
