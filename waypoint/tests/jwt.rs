@@ -112,6 +112,7 @@ async fn a_jwt_rule_and_a_request_principal_policy() -> Result<()> {
 
     let mut send = mesh.h1(vip).await?;
     // No token: authentication passes, the policy wants a principal.
+    send.ready().await?;
     let resp = send.send_request(get_with("/", None)).await?;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(body_text(resp).await?, "RBAC: access denied");
@@ -120,6 +121,7 @@ async fn a_jwt_rule_and_a_request_principal_policy() -> Result<()> {
     let mut req = get_with("/", Some(&good));
     req.headers_mut()
         .insert("x-jwt-sub", "forged".parse().unwrap());
+    send.ready().await?;
     let resp = send.send_request(req).await?;
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(!resp.headers().contains_key("echo-authorization"));
@@ -130,15 +132,18 @@ async fn a_jwt_rule_and_a_request_principal_policy() -> Result<()> {
         (&tampered, "Jwt verification fails"),
         (&expired, "Jwt is expired"),
     ] {
+        send.ready().await?;
         let resp = send.send_request(get_with("/", Some(t))).await?;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(body_text(resp).await?, why);
     }
+    send.ready().await?;
     let resp = send.send_request(get_with("/again", Some(&good))).await?;
     assert_eq!(resp.status(), StatusCode::OK);
     body_text(resp).await?;
     // Another client connection is not affected.
     let mut other = mesh.h1(vip).await?;
+    other.ready().await?;
     let resp = other
         .send_request(get_with(&format!("/q?access_token={good}&x=1"), None))
         .await?;
