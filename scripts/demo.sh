@@ -6,7 +6,7 @@
 # in the server ztunnel's metrics; then a DENY policy is added as a YAML file and
 # enforced; then everything is taken down. Then L7: a namespace behind a
 # waypoint (weighted routing, a path policy, the caller's identity passed to the
-# app, request metrics). Walked through in docs/quickstart.md.
+# app, a JWT required and verified, request metrics). Walked through in docs/quickstart.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "the demo creates network namespaces: run as root" >&2; exit 1; }
@@ -138,6 +138,16 @@ done
 
 step "the app sees the caller's SPIFFE identity in x-forwarded-client-cert"
 in_client http-client --url http://10.96.1.10/ --body | head -n 1 | grep -o '"xfcc":"[^"]*"' | sed 's/^/  /'
+
+step "RequestAuthentication: secure wants a JWT (an ALLOW on the request principal), verified by the waypoint"
+sed -n '/^kind: RequestAuthentication/,/^---/p' "$L7DIR/jwt.yaml" | grep -v '^---\|jwks:' | sed 's/^/  /'
+for name in none expired good; do
+  header=()
+  [ "$name" = none ] || header=(--header "authorization: Bearer $(awk -v n=$name '$1 == n {print $2}' "$L7DIR/jwt-tokens.txt")")
+  line=$(in_client http-client --url http://10.96.1.17/ --body "${header[@]}" | head -n 1)
+  printf '  %-8s token: %s' "$name" "$(echo "$line" | cut -d' ' -f1)"
+  echo "$line" | grep -o '"x-jwt-sub":"[^"]*"' | sed 's/^/ (the app sees /; s/$/)/' || echo
+done
 
 step "the waypoint's request metrics, with the caller's principal"
 ip netns exec ambit-$NAME-pod-server.waypoint curl -fsS 127.0.0.1:15021/metrics |

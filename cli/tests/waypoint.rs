@@ -18,9 +18,9 @@
 //! - `h2` serves HTTP/2 with prior knowledge only (an HTTP/1.1 hop fails);
 //! - `grpc` serves `ambit.testapp.v1.Echo` (port name `grpc`);
 //! - `secure` (10.96.1.17) selects the web pods behind a RequestAuthentication
-//!   (an inline key set) and an ALLOW policy on its request principal; the
-//!   tokens, signed with that set's key or another, are in
-//!   `tests/fixtures/jwt-tokens.txt`.
+//!   (an inline key set) and an ALLOW policy on its request principal: the
+//!   example's `examples/waypoint/jwt.yaml`; the tokens, signed with that
+//!   set's key or another, are in `examples/waypoint/jwt-tokens.txt`.
 
 use std::path::Path;
 use std::process::Command;
@@ -47,7 +47,8 @@ const SLOW: &str = "http://10.96.1.14";
 const H2: &str = "http://10.96.1.15";
 const GRPC: &str = "10.96.1.16:9090";
 const SECURE: &str = "http://10.96.1.17";
-const TOKENS: &str = include_str!("fixtures/jwt-tokens.txt");
+const JWT_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/waypoint/jwt.yaml");
+const TOKENS: &str = include_str!("../../examples/waypoint/jwt-tokens.txt");
 const WAYPOINT_ADMIN: &str = "127.0.0.1:15021";
 const ZTUNNEL_METRICS: &str = "127.0.0.1:15020";
 const SERVER_NODE: &str = "node-2";
@@ -66,6 +67,7 @@ fn fixture_files() -> Result<Vec<(String, String)>> {
         let name = entry.file_name().to_string_lossy().into_owned();
         files.push((name, std::fs::read_to_string(entry.path())?));
     }
+    files.push(("jwt.yaml".into(), std::fs::read_to_string(JWT_EXAMPLE)?));
     Ok(files)
 }
 
@@ -383,14 +385,14 @@ fn direct_to_pod_refused(cluster: &Cluster, state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A token from `fixtures/jwt-tokens.txt`: `good` (valid until 2100),
+/// A token from `examples/waypoint/jwt-tokens.txt`: `good` (valid until 2100),
 /// `expired`, or `forged` (signed with a key the set does not hold).
 fn token(name: &str) -> Result<String> {
     TOKENS
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .map(str::to_string)
-        .with_context(|| format!("no token {name} in jwt-tokens.txt"))
+        .with_context(|| format!("no token {name} in examples/waypoint/jwt-tokens.txt"))
 }
 
 /// `secure` admits only verified tokens: none is 403 (the ALLOW policy), a
