@@ -88,16 +88,16 @@ pub fn key_set(text: &str) -> Result<String, KeySetError> {
     Ok(value.to_string())
 }
 
-/// Where a rule's key set is fetched from; `None` when it is inline.
+/// Where a rule's key set is fetched from; `None` when it is inline, and
+/// for the rules translation leaves out (no issuer, or `jwks` and `jwksUri`
+/// both), which need no keys.
 pub fn source_of(rule: &JwtRule) -> Option<JwksSource> {
-    if !rule.jwks.is_empty() {
+    if rule.issuer.is_empty() || !rule.jwks.is_empty() {
         None
     } else if !rule.jwks_uri.is_empty() {
         Some(JwksSource::Uri(rule.jwks_uri.clone()))
-    } else if !rule.issuer.is_empty() {
-        Some(JwksSource::Discovery(rule.issuer.clone()))
     } else {
-        None
+        Some(JwksSource::Discovery(rule.issuer.clone()))
     }
 }
 
@@ -137,10 +137,6 @@ pub fn wanted(store: &Store) -> BTreeMap<JwksSource, Duration> {
             continue;
         }
         for rule in &spec.jwt_rules {
-            // Rules translation drops are not fetched either.
-            if rule.issuer.is_empty() || (!rule.jwks.is_empty() && !rule.jwks_uri.is_empty()) {
-                continue;
-            }
             let Some(source) = source_of(rule) else {
                 continue;
             };

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::config::ConfigError;
 use crate::jwt::{self, Expect, JwtError, KeyError, KeySet, Verified};
+use crate::route::decode_component;
 
 /// More tokens than this in one request are refused: each costs a
 /// signature check, and no client needs more.
@@ -368,7 +369,7 @@ fn extract(l: &Location, headers: &HeaderMap, query: Option<&str>) -> Vec<String
             .flat_map(|q| q.split('&'))
             .filter_map(|p| p.split_once('='))
             .filter(|(n, _)| n == name)
-            .map(|(_, v)| percent_decoded(v))
+            .map(|(_, v)| decode_component(v))
             .filter(|t| !t.is_empty())
             .collect(),
         Location::Cookie(name) => headers
@@ -388,31 +389,6 @@ fn strip_prefix_ignore_case<'v>(v: &'v str, prefix: &str) -> Option<&'v str> {
     let head = v.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
         .then(|| &v[prefix.len()..])
-}
-
-/// A query value with `%XX` escapes decoded (tokens need none, but a
-/// client may escape anyway); invalid escapes are kept as they are, and
-/// then fail as a token.
-fn percent_decoded(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).and_then(|&c| hex(c)),
-                b.get(i + 2).and_then(|&c| hex(c)),
-            )
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ mod matching;
 
 pub(crate) use compile::duration;
 pub use compile::{MAX_WEIGHT, RouteError, compile_routes};
+pub(crate) use matching::decode_component;
 
 /// What routing needs from a request.
 #[derive(Debug, Clone, Copy)]

@@ -70,7 +70,9 @@ fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
-fn decode_component(s: &str) -> String {
+/// A query-string component with `%XX` escapes and `+` decoded; an invalid
+/// escape is kept as it is.
+pub(crate) fn decode_component(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

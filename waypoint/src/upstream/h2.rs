@@ -93,16 +93,12 @@ impl Connection {
         let (cancel, cancelled) = oneshot::channel();
         let sent = match first {
             First::Ended => Sent::All,
-            First::Frame(frame) => match step(Some(frame), body.is_end_stream(), &mut stream) {
-                Step::Done => Sent::All,
-                Step::Data(data, eos) => {
-                    if stream.send_data(data, eos).is_err() || eos {
-                        Sent::All
-                    } else {
-                        send_ready_frames(&mut body, &mut stream)
-                    }
+            First::Frame(frame) => {
+                match send_at_once(Some(frame), body.is_end_stream(), &mut stream) {
+                    Sent::All => Sent::All,
+                    Sent::Partly => send_ready_frames(&mut body, &mut stream),
                 }
-            },
+            }
             First::NotYet => Sent::Partly,
         };
         if sent == Sent::Partly {
@@ -181,6 +177,25 @@ fn step(
     }
 }
 
+/// Sends one body frame without waiting for capacity (h2 queues it behind
+/// what the stream already holds); `All` once the stream has ended.
+fn send_at_once(
+    frame: Option<Result<Frame<Bytes>, BoxError>>,
+    body_ended: bool,
+    stream: &mut SendStream<Bytes>,
+) -> Sent {
+    match step(frame, body_ended, stream) {
+        Step::Done => Sent::All,
+        Step::Data(data, eos) => {
+            if stream.send_data(data, eos).is_err() || eos {
+                Sent::All
+            } else {
+                Sent::Partly
+            }
+        }
+    }
+}
+
 /// Sends every body frame that is already here, without waiting: h2 queues
 /// them behind the HEADERS, so they leave together. Bounded by what the
 /// caller already sent (its own flow-control window).
@@ -190,13 +205,8 @@ fn send_ready_frames(body: &mut UpstreamBody, stream: &mut SendStream<Bytes>) ->
         let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(&mut cx) else {
             return Sent::Partly;
         };
-        match step(frame, body.is_end_stream(), stream) {
-            Step::Done => return Sent::All,
-            Step::Data(data, eos) => {
-                if stream.send_data(data, eos).is_err() || eos {
-                    return Sent::All;
-                }
-            }
+        if send_at_once(frame, body.is_end_stream(), stream) == Sent::All {
+            return Sent::All;
         }
     }
 }
